@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+APT    := build-essential pkg-config libopencv-dev libturbojpeg0-dev
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test bench clean
+setup: $(STAMP)
+
+$(STAMP):
+	@# ffcv builds from source against OpenCV and libturbojpeg
+	@dpkg -s $(APT) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT) >/dev/null; }
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q -e '.[all]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: setup
+	$(PY) tools/convert_subset.py --resume --verify
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m bench.convert
+
+clean:
+	rm -rf data .pytest_cache .benchmarks

@@ -1,0 +1,291 @@
+"""Convert an ImageNet subset once into webdataset shards (+ DALI index) and FFCV .beton files.
+
+Data flow, per split: scan the source -> plan (labels, keys, order, shards) -> a process
+pool turns each file into a clean JPEG (images.prepare) -> shards written in order ->
+the .beton written from the same accepted files -> manifest.json last.
+
+Resume: each finished shard leaves a small state file under OUT/.state; a rerun with
+--resume skips those, and final names only ever appear by atomic rename. The manifest is
+written last, so its presence means the conversion is complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .images import Rejected, prepare
+from .shards import Sample, shard_name, write_shard
+from .sources import SPLITS, Item, Source, SourceError, open_source, select_classes
+
+STATE_DIR = ".state"
+
+
+class ConvertError(Exception):
+    """The conversion cannot go on; the message names the file or setting and why."""
+
+
+@dataclass
+class ConvertConfig:
+    source: str
+    out: str
+    layout: str = "auto"
+    num_classes: int | None = 100          # None: every class
+    class_list: str | None = None
+    splits: tuple[str, ...] = SPLITS
+    max_side: int = 512
+    quality: int = 90
+    write_mode: str = "jpg"                # FFCV RGBImageField: jpg | raw | smart | proportion
+    compress_probability: float = 0.5      # used by write_mode=proportion
+    shard_size: int = 1000                 # source files per shard
+    shuffle_seed: int = 0                  # train order in shards and .beton
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    ffcv_workers: int = 1                  # >1 is faster but the .beton layout is not reproducible
+    formats: tuple[str, ...] = ("wds", "ffcv")
+    resume: bool = False
+    overwrite: bool = False
+
+    def fingerprint(self, source: Source, wnids: list[str]) -> dict:
+        """Everything that decides the output bytes (not `workers`, not resume flags)."""
+        keep = ("max_side", "quality", "write_mode", "compress_probability", "shard_size",
+                "shuffle_seed", "ffcv_workers", "splits", "formats")
+        d = {k: getattr(self, k) for k in keep}
+        d.update(source=str(Path(self.source).resolve()), layout=source.kind, classes=wnids)
+        return json.loads(json.dumps(d))
+
+
+@dataclass
+class SplitPlan:
+    split: str
+    items: list[Item]
+    keys: list[str]
+    labels: list[int]
+
+    def shard_ranges(self, size: int) -> list[range]:
+        return [range(i, min(i + size, len(self.items))) for i in range(0, len(self.items), size)]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _keys(items: list[Item]) -> list[str]:
+    """Webdataset keys: the file's stem with dots made safe, unique within the split."""
+    seen: Counter = Counter()
+    keys = []
+    for item in items:
+        base = item.name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        stem = (base.rsplit(".", 1)[0] if "." in base else base).replace(".", "_").replace(" ", "_")
+        seen[stem] += 1
+        keys.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return keys
+
+
+def _size(item: Item) -> int:
+    return item.size if item.offset >= 0 else os.path.getsize(item.path)
+
+
+def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[str, SplitPlan]]:
+    """Everything decided before any image is touched; every input error is raised here."""
+    try:
+        source = open_source(cfg.source, cfg.layout)
+        available, names = source.classes()
+        wnids = select_classes(available, cfg.num_classes, cfg.class_list)
+        plans = {}
+        for split in cfg.splits:
+            items = source.items(split, wnids)
+            counts = Counter(i.wnid for i in items if _size(i) > 0)
+            empty = [w for w in wnids if counts[w] == 0]
+            if empty:
+                raise SourceError(f"{cfg.source}: {len(empty)} selected classes have no non-empty "
+                                  f"file in {split}: {empty[:5]}")
+            if split == "train":  # shards mix classes, so a shard-level shuffle is a good one
+                random.Random(cfg.shuffle_seed).shuffle(items)
+            label = {w: i for i, w in enumerate(wnids)}
+            plans[split] = SplitPlan(split, items, _keys(items), [label[i.wnid] for i in items])
+    except (SourceError, OSError) as e:
+        raise ConvertError(str(e)) from e
+    return source, wnids, names, plans
+
+
+def _prepare_one(args: tuple[Item, int, int]):
+    item, max_side, quality = args
+    try:
+        return prepare(item.read(), max_side, quality)
+    except Rejected as e:
+        return str(e)
+    except OSError as e:
+        return f"unreadable: {e}"
+
+
+def _bounded_map(fn, args, workers: int):
+    """Ordered map over a process pool with at most ~4 tasks per worker in flight (bounded memory)."""
+    if workers <= 1:
+        yield from map(fn, args)
+        return
+    window = 4 * workers
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for a in args:
+            pending.append(pool.submit(fn, a))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class Converter:
+    def __init__(self, cfg: ConvertConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.state = self.out / STATE_DIR
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        source, wnids, names, plans = plan(self.cfg)
+        self.timings["scan"] = time.perf_counter() - t0
+        self._prepare_out(self.cfg.fingerprint(source, wnids))
+        splits = {}
+        for split, sp in plans.items():
+            splits[split] = self._convert_split(sp, wnids)
+        classes = [{"index": i, "wnid": w, "name": names.get(w, "")} for i, w in enumerate(wnids)]
+        _atomic_json(self.out / "classes.json", classes)
+        manifest = self._manifest(source, wnids, splits)
+        _atomic_json(self.out / "manifest.json", manifest)
+        return manifest
+
+    def _prepare_out(self, fingerprint: dict) -> None:
+        run_file = self.state / "run.json"
+        ours = [self.out / p for p in ("wds", "ffcv", STATE_DIR, "manifest.json", "classes.json")]
+        if self.cfg.resume and run_file.exists():
+            before = json.loads(run_file.read_text())
+            if before != fingerprint:
+                changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+                raise ConvertError(f"{self.out}: --resume with options that differ from the "
+                                   f"interrupted run ({', '.join(changed)}); use --overwrite")
+        elif any(p.exists() for p in ours):
+            if not self.cfg.overwrite and not self.cfg.resume:
+                raise ConvertError(f"{self.out}: already holds a conversion; pass --resume to "
+                                   "finish or reuse it, or --overwrite to start again")
+            for p in ours:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for sub in ("wds", "ffcv", STATE_DIR):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        for tmp in self.out.glob("*/*.tmp"):  # leftovers of a killed run
+            tmp.unlink()
+        (self.out / "manifest.json").unlink(missing_ok=True)
+        _atomic_json(run_file, fingerprint)
+
+    def _convert_split(self, sp: SplitPlan, wnids: list[str]) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        ranges = sp.shard_ranges(cfg.shard_size)
+        states: dict[int, dict] = {}
+        for n in range(len(ranges)):
+            path = self.state / f"{shard_name(sp.split, n)}.json"
+            if cfg.resume and path.exists():
+                states[n] = json.loads(path.read_text())
+        todo = [n for n in range(len(ranges)) if n not in states]
+        args = ((sp.items[i], cfg.max_side, cfg.quality) for n in todo for i in ranges[n])
+        results = _bounded_map(_prepare_one, args, cfg.workers)
+        bar = tqdm(total=sum(len(ranges[n]) for n in todo), desc=f"{sp.split}: images",
+                   unit="img", disable=None)
+        for n in todo:
+            samples, rejected, reencoded = [], [], Counter()
+            for i in ranges[n]:
+                r = next(results)
+                if isinstance(r, str):
+                    rejected.append({"path": sp.items[i].name, "reason": r})
+                else:
+                    samples.append((i, Sample(sp.keys[i], r.jpeg, sp.labels[i])))
+                    reencoded[r.reencoded or "kept"] += 1
+                bar.update()
+            states[n] = self._finish_shard(sp.split, n, samples, rejected, reencoded)
+        bar.close()
+        self.timings[f"{sp.split}.wds"] = time.perf_counter() - t0
+
+        accepted = [i for n in range(len(ranges)) for i in states[n]["indices"]]
+        per_class = Counter(sp.items[i].wnid for i in accepted)
+        empty = [w for w in wnids if per_class[w] == 0]
+        if empty:
+            raise ConvertError(f"{sp.split}: {len(empty)} selected classes have no valid image "
+                               f"(all rejected, see above): {empty[:5]}")
+        beton = None
+        if "ffcv" in cfg.formats:
+            t1 = time.perf_counter()
+            beton = self._write_beton(sp, accepted)
+            self.timings[f"{sp.split}.ffcv"] = time.perf_counter() - t1
+        return {
+            "source_files": len(sp.items),
+            "written": len(accepted),
+            "rejected": [r for n in range(len(ranges)) for r in states[n]["rejected"]],
+            "reencoded": dict(sum((Counter(states[n]["reencoded"]) for n in states), Counter())),
+            "per_class": {w: per_class[w] for w in wnids},
+            "shards": [s["file"] for n in range(len(ranges)) if (s := states[n])["file"]],
+            "beton": beton,
+        }
+
+    def _finish_shard(self, split, n, samples, rejected, reencoded) -> dict:
+        name = shard_name(split, n)
+        file = None
+        if samples and "wds" in self.cfg.formats:
+            write_shard(self.out / "wds" / f"{name}.tar", [s for _, s in samples])
+            file = f"wds/{name}.tar"
+        state = {"file": file, "indices": [i for i, _ in samples], "rejected": rejected,
+                 "reencoded": dict(reencoded)}
+        _atomic_json(self.state / f"{name}.json", state)  # written last: the shard is done
+        return state
+
+    def _write_beton(self, sp: SplitPlan, accepted: list[int]) -> str:
+        from .beton import write_beton
+        rel = f"ffcv/{sp.split}.beton"
+        done = self.state / f"ffcv-{sp.split}.json"
+        if self.cfg.resume and done.exists() and (self.out / rel).exists():
+            return rel
+        write_beton(self.out / rel, [sp.items[i] for i in accepted], [sp.labels[i] for i in accepted],
+                    self.cfg)
+        _atomic_json(done, {"file": rel})
+        return rel
+
+    def _manifest(self, source: Source, wnids: list[str], splits: dict) -> dict:
+        files = {}
+        for info in splits.values():
+            outputs = [f for s in info["shards"] for f in (s, s[:-4] + ".idx")]
+            outputs += [info["beton"]] if info["beton"] else []
+            for rel in tqdm(outputs, desc="checksums", unit="file", disable=None, leave=False):
+                files[rel] = {"sha256": sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size}
+        return {
+            "tool": {"name": "fastmix convert_subset", "version": __version__},
+            "source": {"path": str(Path(self.cfg.source).resolve()), "layout": source.kind},
+            "options": {k: v for k, v in asdict(self.cfg).items()
+                        if k not in ("source", "out", "resume", "overwrite", "workers")},
+            "num_classes": len(wnids),
+            "splits": splits,
+            "files": files,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "workers": self.cfg.workers,
+        }
+
+
+def convert(cfg: ConvertConfig) -> dict:
+    return Converter(cfg).run()

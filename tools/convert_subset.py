@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Convert an ImageNet subset (default: ImageNet-100) into FFCV .beton and webdataset shards.
+
+With no --source, converts the embedded synthetic demo source (built once in a cache folder).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastmix.convert import ConvertConfig, ConvertError, convert  # noqa: E402
+from fastmix.sources import LAYOUTS, SPLITS  # noqa: E402
+
+D = ConvertConfig("", "")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", help="ImageNet root (ImageFolder tree, Kaggle download, or the "
+                   "ILSVRC2012 tars + devkit); omit for the demo source")
+    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS])
+    p.add_argument("--out", help="output folder (default: data/demo, or data/imagenet100)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--num-classes", type=int, default=100, help="first N classes in sorted WNID order")
+    sel.add_argument("--class-list", help="file of WNIDs, one per line (e.g. the CMC ImageNet-100 list)")
+    sel.add_argument("--all-classes", action="store_true", help="all classes of the source")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated")
+    p.add_argument("--formats", default="wds,ffcv", help="comma-separated: wds, ffcv")
+    p.add_argument("--max-side", type=int, default=D.max_side, help="longer side cap in pixels")
+    p.add_argument("--quality", type=int, default=D.quality, help="JPEG quality of re-encoded images")
+    p.add_argument("--write-mode", default=D.write_mode, choices=["jpg", "raw", "smart", "proportion"],
+                   help="FFCV image storage")
+    p.add_argument("--compress-probability", type=float, default=D.compress_probability,
+                   help="with --write-mode proportion: share stored as JPEG")
+    p.add_argument("--shard-size", type=int, default=D.shard_size, help="source files per shard")
+    p.add_argument("--shuffle-seed", type=int, default=D.shuffle_seed, help="train sample order")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode processes")
+    p.add_argument("--ffcv-workers", type=int, default=D.ffcv_workers,
+                   help=">1 writes the .beton faster but not byte-reproducibly")
+    p.add_argument("--resume", action="store_true", help="finish (or reuse) an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
+    p.add_argument("--verify", action="store_true", help="reopen and check every output afterwards")
+    p.add_argument("--demo-cache", help="where the demo source is built (default ~/.cache/fastmix)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.source is None:
+        from fastmix.synth import demo_source
+        print("No --source: converting the embedded synthetic demo source.")
+        a.source = str(demo_source(a.demo_cache))
+    out = a.out or ("data/demo" if a.demo_cache or "fastmix" in a.source else "data/imagenet100")
+    cfg = ConvertConfig(
+        source=a.source, out=out, layout=a.layout,
+        num_classes=None if a.all_classes else a.num_classes, class_list=a.class_list,
+        splits=tuple(a.splits.split(",")), formats=tuple(a.formats.split(",")),
+        max_side=a.max_side, quality=a.quality, write_mode=a.write_mode,
+        compress_probability=a.compress_probability, shard_size=a.shard_size,
+        shuffle_seed=a.shuffle_seed, workers=a.workers, ffcv_workers=a.ffcv_workers,
+        resume=a.resume, overwrite=a.overwrite)
+    try:
+        manifest = convert(cfg)
+    except ConvertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(manifest, out))
+    if a.verify:
+        from fastmix.verify import verify
+        problems = verify(out)
+        for line in problems:
+            print(f"verify: {line}", file=sys.stderr)
+        print(f"verify: {'FAILED' if problems else 'ok'} ({len(manifest['files'])} files)")
+        return 1 if problems else 0
+    return 0
+
+
+def summary(manifest: dict, out: str) -> str:
+    lines = [f"Converted {manifest['num_classes']} classes into {out}/"]
+    for split, s in manifest["splits"].items():
+        lines.append(f"  {split}: {s['written']} written, {len(s['rejected'])} rejected, "
+                     f"of {s['source_files']} files; re-encoded: {s['reencoded']}")
+        for r in s["rejected"][:10]:
+            lines.append(f"    rejected {r['path']}: {r['reason']}")
+        if len(s["rejected"]) > 10:
+            lines.append(f"    ... and {len(s['rejected']) - 10} more in manifest.json")
+    lines.append(f"  timings (s): {manifest['timings_s']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
