@@ -53,13 +53,13 @@ def open_rgb(data: bytes, max_side: int) -> tuple[Image.Image, str]:
         reasons.append(f"{img.format} content")
     elif img.info.get("progressive") or img.info.get("progression"):
         reasons.append("progressive JPEG")
-    if img.mode != "RGB":
-        reasons.append(f"{img.mode} mode")
-        img = _to_rgb(img)
-    if img.format == "JPEG" and img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+    elif img.getexif().get(EXIF_ORIENTATION, 1) != 1:
         # Decoders disagree on EXIF rotation (cv2 and nvImageCodec apply it, PIL and
         # libjpeg-turbo do not); re-encoding drops the tag so all see the same pixels.
         reasons.append("EXIF orientation tag")
+    if img.mode != "RGB":
+        reasons.append(f"{img.mode} mode")
+        img = _to_rgb(img)
     if max(img.size) > max_side:
         reasons.append(f"larger than {max_side}px")
         img = shrink(img, max_side)

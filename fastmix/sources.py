@@ -13,6 +13,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 SPLITS = ("train", "val")
@@ -159,6 +160,7 @@ class ArchiveSource(Source):
             except KeyError:
                 raise SourceError(f"{archive}: has no data/{name}") from None
 
+    @cached_property
     def _meta(self) -> list[tuple[int, str, str]]:
         """(ILSVRC2012_ID, WNID, words) of the 1000 leaf classes, from the devkit's meta.mat."""
         from scipy.io import loadmat
@@ -167,7 +169,7 @@ class ArchiveSource(Source):
                 for s in synsets if int(s["num_children"]) == 0]
 
     def classes(self):
-        meta = self._meta() if (self.root / f"{self.DEVKIT}.tar.gz").is_file() or \
+        meta = self._meta if (self.root / f"{self.DEVKIT}.tar.gz").is_file() or \
             (self.root / self.DEVKIT).is_dir() else []
         names = {wnid: words for _, wnid, words in meta}
         wnids = sorted(self._train_index()) if (self.root / self.TRAIN).is_file() else sorted(names)
@@ -196,7 +198,7 @@ class ArchiveSource(Source):
         gt_name = "ILSVRC2012_validation_ground_truth.txt"
         ground_truth = [int(x) for x in self._devkit_file(gt_name).split()]
         # Ground truth ids follow the devkit's own class order, not sorted WNIDs.
-        id_to_wnid = {i: wnid for i, wnid, _ in self._meta()}
+        id_to_wnid = {i: wnid for i, wnid, _ in self._meta}
         keep, out = set(wnids), []
         with tarfile.open(path, "r:") as tf:
             for m in tf:

@@ -51,11 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    if a.source is None:
+    demo = a.source is None
+    if demo:
         from fastmix.synth import demo_source
         print("No --source: converting the embedded synthetic demo source.")
         a.source = str(demo_source(a.demo_cache))
-    out = a.out or ("data/demo" if a.demo_cache or "fastmix" in a.source else "data/imagenet100")
+    out = a.out or ("data/demo" if demo else "data/imagenet100")
     cfg = ConvertConfig(
         source=a.source, out=out, layout=a.layout,
         num_classes=None if a.all_classes else a.num_classes, class_list=a.class_list,
