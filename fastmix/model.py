@@ -1,0 +1,71 @@
+"""ConvMixer ("Patches Are All You Need?", Trockman & Kolter), in the paper's own shape.
+
+Module names mirror timm's `convmixer_*` so timm's state_dicts load here unchanged
+(tests check parameter counts, state_dict loading and identical outputs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class ConvMixerConfig:
+    dim: int
+    depth: int
+    kernel: int
+    patch: int
+    act: str = "gelu"
+
+
+VARIANTS = {
+    "convmixer_1536_20": ConvMixerConfig(1536, 20, kernel=9, patch=7, act="gelu"),
+    "convmixer_768_32": ConvMixerConfig(768, 32, kernel=7, patch=7, act="relu"),
+    "convmixer_1024_20_ks9_p14": ConvMixerConfig(1024, 20, kernel=9, patch=14, act="gelu"),
+    "convmixer_256_8": ConvMixerConfig(256, 8, kernel=5, patch=2, act="gelu"),  # CIFAR-size: the authors' CIFAR-10 script (k5 p2)
+}
+
+
+class Residual(nn.Module):
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) + x
+
+
+class ConvMixer(nn.Module):
+    def __init__(self, dim: int, depth: int, kernel: int = 9, patch: int = 7,
+                 num_classes: int = 1000, act: str = "gelu", in_chans: int = 3):
+        super().__init__()
+        Act = ACTIVATIONS[act]
+        self.config = ConvMixerConfig(dim, depth, kernel, patch, act)
+        # Patch embedding: a conv whose kernel equals its stride, then act -> BN (the paper's order).
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch, stride=patch), Act(), nn.BatchNorm2d(dim))
+        self.blocks = nn.Sequential(*[nn.Sequential(
+            Residual(nn.Sequential(  # spatial mixing: depthwise conv, "same" padding
+                nn.Conv2d(dim, dim, kernel, groups=dim, padding="same"), Act(), nn.BatchNorm2d(dim))),
+            nn.Conv2d(dim, dim, 1), Act(), nn.BatchNorm2d(dim),  # channel mixing: pointwise conv
+        ) for _ in range(depth)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def create_model(name: str, num_classes: int = 100, **overrides) -> ConvMixer:
+    """A registered variant (see VARIANTS), or `convmixer_<dim>_<depth>` with overrides."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown ConvMixer variant {name!r}; registered: {sorted(VARIANTS)}")
+    cfg = {**VARIANTS[name].__dict__, **overrides}
+    return ConvMixer(num_classes=num_classes, **cfg)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
