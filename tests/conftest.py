@@ -29,3 +29,32 @@ def converted(imagefolder_source, tmp_path_factory) -> tuple[Path, dict]:
     """The small ImageFolder source (first 4 of 5 classes) converted once, both formats."""
     out = tmp_path_factory.mktemp("converted")
     return out, convert(small_config(imagefolder_source, out))
+
+
+FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL = 3, 13, 4
+
+
+def flat_color(i: int) -> tuple[int, int, int]:
+    """Image id -> a flat colour that survives JPEG, crops, flips and resizes (ids < 256)."""
+    return 16 * (i % 16) + 8, 16 * (i // 16) + 8, 128
+
+
+@pytest.fixture(scope="session")
+def flat_converted(tmp_path_factory):
+    """Flat-colour images whose colour encodes a global id: (converted dir, source, id -> label)."""
+    from PIL import Image
+    from fastmix.synth import class_wnids, jpeg_bytes
+    root = tmp_path_factory.mktemp("flat")
+    src, label_of, i = root / "src", {}, 0
+    sizes = [(96, 72), (72, 96), (120, 90), (64, 64), (200, 100)]
+    for split, n in (("train", FLAT_TRAIN), ("val", FLAT_VAL)):
+        for label, wnid in enumerate(class_wnids(FLAT_CLASSES)):
+            (src / split / wnid).mkdir(parents=True)
+            for k in range(n):
+                img = Image.new("RGB", sizes[i % len(sizes)], flat_color(i))
+                (src / split / wnid / f"{wnid}_{k}.JPEG").write_bytes(jpeg_bytes(img, quality=95))
+                label_of[i] = label
+                i += 1
+    out = root / "out"
+    convert(small_config(src, out, num_classes=FLAT_CLASSES, shard_size=10))
+    return out, src, label_of

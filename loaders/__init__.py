@@ -1,0 +1,39 @@
+"""One loader interface over every backend: `make_loader(backend, data, split, ...)`.
+
+    for images, labels in make_loader("ffcv", "data/imagenet100", "train", batch_size=64,
+                                      image_size=224, device="cuda", dtype="float16"):
+        ...
+
+Backends: pil (ImageFolder tree), pil-wds (the shards), ffcv, dali, nvjpeg, synthetic.
+See loaders/common.py for the options every backend shares.
+"""
+from __future__ import annotations
+
+from .common import LoaderConfig
+
+BACKENDS = ("pil", "pil-wds", "ffcv", "dali", "nvjpeg", "synthetic")
+
+
+def make_loader(backend: str, data: str, split: str = "train", batch_size: int = 64,
+                image_size: int = 224, device: str = "cpu", **options):
+    cfg = LoaderConfig(data=str(data), split=split, batch_size=batch_size, image_size=image_size,
+                       device=device, **options)
+    if backend in ("pil", "pil-wds"):
+        from .pil import PILLoader
+        return PILLoader(cfg, from_shards=backend == "pil-wds")
+    if backend == "ffcv":
+        from .ffcv_loader import FFCVLoader
+        return FFCVLoader(cfg)
+    if backend == "dali":
+        from .dali import DALILoader
+        return DALILoader(cfg)
+    if backend == "nvjpeg":
+        from .nvjpeg import NvJPEGLoader
+        return NvJPEGLoader(cfg)
+    if backend == "synthetic":
+        from .synthetic import SyntheticLoader
+        return SyntheticLoader(cfg)
+    raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+__all__ = ["BACKENDS", "LoaderConfig", "make_loader"]

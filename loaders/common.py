@@ -1,0 +1,149 @@
+"""What every backend shares: the config, epoch order and sharding, the shard index, normalization.
+
+Every backend yields (images, labels): images normalized with ImageNet's mean/std, NCHW in
+channels_last memory format, on the requested device and dtype; labels int64 on the device.
+Backends hand `normalize` uint8 (or 0..255 float) NCHW batches, so the last step is the same
+code everywhere and always runs on the device.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAST_BATCH = ("partial", "drop")
+
+
+@dataclass
+class LoaderConfig:
+    data: str                                 # a converted folder (tools/convert_subset.py --out)
+    split: str = "train"
+    batch_size: int = 64
+    image_size: int = 224
+    device: str = "cpu"
+    dtype: str = "float32"
+    train: bool | None = None                 # augment + shuffle; default: split == "train"
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_ratio: float = 224 / 256             # val: resize shorter side to size/crop_ratio, center crop
+    seed: int = 0
+    last_batch: str = "partial"               # partial: every sample once; drop: full batches only
+    rank: int = 0
+    world_size: int = 1
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    imagefolder: str | None = None            # pil: the original ImageFolder tree
+    order: str = "random"                     # ffcv: random | quasi_random (for datasets beyond RAM)
+    os_cache: bool = True                     # ffcv: read through the page cache
+    decode_device: str = "auto"               # dali: mixed (nvJPEG) | cpu | auto (mixed on CUDA)
+    hw_decoder_load: float = 0.65             # dali mixed: share for the A100/H100 hardware JPEG decoder
+    num_classes: int = 100                    # synthetic
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r}: choose from {sorted(DTYPES)}")
+        if self.last_batch not in LAST_BATCH:
+            raise ValueError(f"last_batch {self.last_batch!r}: choose from {LAST_BATCH}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
+
+    @property
+    def is_train(self) -> bool:
+        return self.split == "train" if self.train is None else self.train
+
+    @property
+    def resize_to(self) -> int:
+        return round(self.image_size / self.crop_ratio)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+def require(module: str, extra: str):
+    """Import an optional backend package, or say which install provides it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"this backend needs `{module}`, which is not installed: "
+                          f"pip install 'fastmix[{extra}]'") from e
+
+
+def rank_indices(n: int, cfg: LoaderConfig, epoch: int) -> np.ndarray:
+    """This rank's samples for `epoch`: disjoint across ranks, together the whole split."""
+    order = np.random.default_rng(cfg.seed + epoch).permutation(n) if cfg.is_train else np.arange(n)
+    return order[cfg.rank::cfg.world_size]
+
+
+def num_batches(n: int, batch_size: int, last_batch: str) -> int:
+    return n // batch_size if last_batch == "drop" else math.ceil(n / batch_size)
+
+
+def batch_slices(indices: np.ndarray, batch_size: int, last_batch: str) -> list[np.ndarray]:
+    count = num_batches(len(indices), batch_size, last_batch)
+    return [indices[i * batch_size:(i + 1) * batch_size] for i in range(count)]
+
+
+_STATS: dict = {}
+
+
+def normalize(x: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
+    """0..255 NCHW (any dtype, any memory format) -> normalized channels_last `cfg.dtype`."""
+    x = x.to(cfg.torch_device, non_blocking=True)
+    key = (x.device, cfg.dtype)
+    if key not in _STATS:
+        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+        _STATS[key] = (mean, 1 / std)
+    mean, inv_std = _STATS[key]
+    out = (x.float() - mean) * inv_std
+    return out.to(DTYPES[cfg.dtype]).contiguous(memory_format=torch.channels_last)
+
+
+def parse_ascii_labels(padded: torch.Tensor) -> torch.Tensor:
+    """Rows of zero-padded ASCII digits (webdataset `.cls`) -> int64 labels."""
+    value = torch.zeros(padded.shape[0], dtype=torch.int64, device=padded.device)
+    for k in range(padded.shape[1]):
+        d = padded[:, k].to(torch.int64)
+        value = torch.where(d > 0, value * 10 + (d - 48), value)
+    return value
+
+
+class BaseLoader:
+    """Iterate for one epoch; `set_epoch` reshuffles (as DistributedSampler does)."""
+
+    def __init__(self, cfg: LoaderConfig, num_samples: int):
+        self.cfg = cfg
+        self.split_size = num_samples  # the whole split, all ranks
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:  # this rank's share
+        return len(range(self.cfg.rank, self.split_size, self.cfg.world_size))
+
+    def __len__(self) -> int:
+        return num_batches(self.num_samples, self.cfg.batch_size, self.cfg.last_batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        raise NotImplementedError
+
+
+def manifest_split(cfg: LoaderConfig) -> dict:
+    import json
+    path = Path(cfg.data) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; convert the data first (tools/convert_subset.py)")
+    splits = json.loads(path.read_text())["splits"]
+    if cfg.split not in splits:
+        raise ValueError(f"{path}: has no split {cfg.split!r} (has {sorted(splits)})")
+    return splits[cfg.split]

@@ -1,0 +1,90 @@
+"""DALI: readers.webdataset over the shards and their indexes; nvJPEG (mixed) or CPU decode.
+
+On a GPU, `decode_device="mixed"` decodes with nvJPEG (and the hardware JPEG decoder on
+A100/H100, `hw_decoder_load`); train crops are fused into the decode
+(`decoders.image_random_crop`: only the crop's blocks are decoded). Without a GPU the
+pipeline runs on the CPU with `device_id=None`. DALI shards contiguously (`shard_id`,
+`num_shards`) and shuffles through a buffer (`initial_fill`), not a full permutation.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, require
+from .shardindex import ShardIndex
+
+LABEL_BYTES = 8  # .cls holds the label as ASCII digits; padded to a fixed width for batching
+
+
+class DALILoader(BaseLoader):
+    def __init__(self, cfg: LoaderConfig):
+        require("nvidia.dali", "dali")
+        index = ShardIndex(cfg)  # checks every shard and index before DALI sees them
+        super().__init__(cfg, len(index))
+        self.tars = [str(t) for t in index.tars]
+        decode = cfg.decode_device
+        if decode == "auto":
+            decode = "mixed" if cfg.torch_device.type == "cuda" else "cpu"
+        if decode == "mixed" and cfg.torch_device.type != "cuda":
+            raise ValueError("decode_device='mixed' (nvJPEG) needs a CUDA device")
+        self.decode = decode
+        self._iter, self._in_epoch = None, False
+
+    @property
+    def num_samples(self) -> int:  # DALI's contiguous shards: [floor(k*n/N), floor((k+1)*n/N))
+        n, k, world = self.split_size, self.cfg.rank, self.cfg.world_size
+        return (k + 1) * n // world - k * n // world
+
+    def _pipeline(self):
+        from nvidia.dali import fn, pipeline_def, types
+        cfg, size = self.cfg, self.cfg.image_size
+        dev = cfg.torch_device
+        device_id = (dev.index or 0) if dev.type == "cuda" else None
+        hw = {"hw_decoder_load": cfg.hw_decoder_load} if self.decode == "mixed" else {}
+
+        @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
+                      seed=cfg.seed, prefetch_queue_depth=2)
+        def pipe():
+            jpg, cls = fn.readers.webdataset(
+                paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
+                missing_component_behavior="error", name="reader", random_shuffle=cfg.is_train,
+                initial_fill=1024, shard_id=cfg.rank, num_shards=cfg.world_size,
+                # Pad the shard's last batch (the iterator drops the padding): epochs then line
+                # up with the reader's, so every sample comes exactly once per epoch.
+                pad_last_batch=True,
+                dtypes=[types.UINT8, types.UINT8])
+            if cfg.is_train:
+                images = fn.decoders.image_random_crop(
+                    jpg, device=self.decode, output_type=types.RGB, random_area=list(cfg.scale),
+                    random_aspect_ratio=list(cfg.ratio), num_attempts=10, **hw)
+                images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+                mirror = fn.random.coin_flip(probability=0.5)
+            else:
+                images = fn.decoders.image(jpg, device=self.decode, output_type=types.RGB, **hw)
+                images = fn.resize(images, resize_shorter=cfg.resize_to, antialias=True)
+                mirror = 0
+            # HWC uint8 out: viewed as NCHW it is already channels_last; normalized on the device.
+            images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC",
+                                              crop=(size, size), mirror=mirror)
+            labels = fn.pad(cls, fill_value=0, shape=[LABEL_BYTES])
+            return images, labels
+
+        return pipe()
+
+    def __iter__(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        if self._iter is None:
+            policy = LastBatchPolicy.DROP if self.cfg.last_batch == "drop" else LastBatchPolicy.PARTIAL
+            pipe = self._pipeline()
+            pipe.build()
+            self._iter = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
+                                             last_batch_policy=policy, auto_reset=True)
+        elif self._in_epoch:  # DALI cannot rewind mid-epoch: finish the abandoned one first
+            for _ in self._iter:
+                pass
+        self._in_epoch = True
+        for batch in self._iter:
+            b = batch[0]
+            images = b["images"].permute(0, 3, 1, 2)  # NHWC storage = NCHW channels_last
+            yield normalize(images, self.cfg), parse_ascii_labels(b["labels"]).to(self.cfg.torch_device)
+        self._in_epoch = False

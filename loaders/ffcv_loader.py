@@ -1,0 +1,58 @@
+"""FFCV: .beton through ffcv's Loader; JPEG decode + crop fused in numba-compiled code.
+
+Sharding passes this rank's subset as `indices` (ffcv's own `distributed=True` uses
+DistributedSampler, which pads ranks with repeated samples and needs a process group);
+ffcv then reshuffles that subset every epoch from the seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices, require
+
+
+class FFCVLoader(BaseLoader):
+    def __init__(self, cfg: LoaderConfig):
+        require("ffcv", "ffcv")
+        from ffcv.reader import Reader
+        info = manifest_split(cfg)
+        self.path = Path(cfg.data) / (info.get("beton") or f"ffcv/{cfg.split}.beton")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: not found; convert with --formats ffcv")
+        try:
+            n = Reader(str(self.path)).num_samples
+        except Exception as e:  # ffcv raises assorted errors on foreign or cut files
+            raise ValueError(f"{self.path}: not a readable .beton ({type(e).__name__}: {e})") from e
+        super().__init__(cfg, n)
+        self._loader = None
+
+    def _build(self):
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        cfg, device = self.cfg, self.cfg.torch_device
+        size = (cfg.image_size, cfg.image_size)
+        if cfg.is_train:
+            image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio),
+                     RandomHorizontalFlip()]
+            order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
+        else:
+            image = [CenterCropRGBImageDecoder(size, ratio=cfg.crop_ratio)]
+            order = OrderOption.SEQUENTIAL
+        # A fresh list of fresh operations per Loader: ffcv binds state to them.
+        image += [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
+        label = [IntDecoder(), ToTensor(), Squeeze(-1), ToDevice(device, non_blocking=True)]
+        indices = np.sort(rank_indices(self.split_size, cfg, 0)).astype(np.uint64)  # ffcv wants uint64
+        return Loader(str(self.path), batch_size=cfg.batch_size, num_workers=cfg.workers,
+                      os_cache=cfg.os_cache, order=order, seed=cfg.seed, indices=indices,
+                      drop_last=cfg.last_batch == "drop", pipelines={"image": image, "label": label})
+
+    def __iter__(self):
+        if self._loader is None:
+            self._loader = self._build()
+        self._loader.next_epoch = self.epoch
+        for images, labels in self._loader:
+            yield normalize(images, self.cfg), labels.to(torch.int64)

@@ -1,0 +1,85 @@
+"""The baseline users have today: PIL decode + torchvision transforms in DataLoader workers.
+
+`pil` reads the original ImageFolder tree (what the reference reproduction used); `pil-wds`
+reads the converted shards, so the file format and the loader can be compared separately.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets, transforms
+
+from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
+from .shardindex import ShardIndex
+
+
+def pil_transform(cfg: LoaderConfig):
+    if cfg.is_train:
+        ops = [transforms.RandomResizedCrop(cfg.image_size, scale=cfg.scale, ratio=cfg.ratio),
+               transforms.RandomHorizontalFlip()]
+    else:
+        ops = [transforms.Resize(cfg.resize_to), transforms.CenterCrop(cfg.image_size)]
+    return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device
+
+
+class _ImageFolder(datasets.ImageFolder):
+    """ImageFolder restricted to the converted classes, labelled as classes.json says."""
+
+    def __init__(self, root, wnids, transform, rejected: set[str]):
+        self._wnids = wnids
+        super().__init__(root, transform=transform)
+        # The converter's rejects (corrupt, empty, not images) would crash a DataLoader worker.
+        self.samples = [s for s in self.samples if s[0] not in rejected]
+        self.imgs, self.targets = self.samples, [label for _, label in self.samples]
+
+    def find_classes(self, directory):
+        missing = [w for w in self._wnids if not (Path(directory) / w).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: class folders missing: {missing[:5]}")
+        return list(self._wnids), {w: i for i, w in enumerate(self._wnids)}
+
+
+class _ShardImages(Dataset):
+    def __init__(self, index: ShardIndex, transform):
+        self.index, self.transform = index, transform
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        img = Image.open(io.BytesIO(self.index.read(i))).convert("RGB")
+        return self.transform(img), int(self.index.labels[i])
+
+
+class PILLoader(BaseLoader):
+    def __init__(self, cfg: LoaderConfig, from_shards: bool):
+        if from_shards:
+            dataset = _ShardImages(ShardIndex(cfg), pil_transform(cfg))
+        else:
+            root = Path(cfg.imagefolder or "") / cfg.split
+            if not cfg.imagefolder or not root.is_dir():
+                raise FileNotFoundError(f"{root}: the pil backend needs the original ImageFolder "
+                                        "tree (imagefolder=...)")
+            classes = json.loads((Path(cfg.data) / "classes.json").read_text())
+            rejected = {r["path"] for r in manifest_split(cfg)["rejected"]}
+            dataset = _ImageFolder(root, [c["wnid"] for c in classes], pil_transform(cfg), rejected)
+        super().__init__(cfg, len(dataset))
+        self.dataset = dataset
+
+    def __iter__(self):
+        cfg = self.cfg
+        indices = rank_indices(self.split_size, cfg, self.epoch).tolist()
+        loader = DataLoader(
+            self.dataset, batch_size=cfg.batch_size, sampler=indices,
+            num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
+            drop_last=cfg.last_batch == "drop", persistent_workers=False,
+            generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch),
+            prefetch_factor=4 if cfg.workers else None)
+        for images, labels in loader:
+            yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
+
