@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
 from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
@@ -69,17 +69,28 @@ class PILLoader(BaseLoader):
             rejected = {r["path"] for r in manifest_split(cfg)["rejected"]}
             dataset = _ImageFolder(root, [c["wnid"] for c in classes], pil_transform(cfg), rejected)
         super().__init__(cfg, len(dataset))
-        self.dataset = dataset
+        self.dataset, self._loader = dataset, None
 
     def __iter__(self):
         cfg = self.cfg
-        indices = rank_indices(self.split_size, cfg, self.epoch).tolist()
-        loader = DataLoader(
-            self.dataset, batch_size=cfg.batch_size, sampler=indices,
-            num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
-            drop_last=cfg.last_batch == "drop", persistent_workers=False,
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch),
-            prefetch_factor=4 if cfg.workers else None)
-        for images, labels in loader:
+        if self._loader is None:  # workers persist across epochs, as in timm's loader
+            self._loader = DataLoader(
+                self.dataset, batch_size=cfg.batch_size, sampler=_EpochSampler(self),
+                num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
+                drop_last=cfg.last_batch == "drop", persistent_workers=cfg.workers > 0,
+                generator=torch.Generator().manual_seed(cfg.seed), prefetch_factor=4 if cfg.workers else None)
+        for images, labels in self._loader:
             yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
 
+
+class _EpochSampler(Sampler):
+    """This rank's indices for the loader's current epoch (read when each epoch starts)."""
+
+    def __init__(self, loader: PILLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(rank_indices(self.loader.split_size, self.loader.cfg, self.loader.epoch).tolist())
+
+    def __len__(self):
+        return self.loader.num_samples

@@ -1,0 +1,275 @@
+"""Loader throughput per backend and image size, against the decode limit and the model.
+
+    python -m bench.loaders --data data/demo
+    python -m bench.loaders --images ../shared/data/imagenet-sample   # converts real photos first
+
+Per (backend, size): time of the first epoch (numba compilation, DALI pipeline build, worker
+start-up), steady-state images/s over the following epochs, CPU cores used (process CPU time,
+waited-for children included, / wall time), and peak RSS. Reference lines from the same run:
+the raw decode limit (libjpeg-turbo decode of the same stored bytes on one core, times the
+cores given) and the training-step throughput of `--model` on the present device. Writes JSON
++ PNG under bench/results/ and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loaders import make_loader
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, its live children (persistent loader workers) and exited ones."""
+    import psutil
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeakRSS:
+    """Largest RSS of this process plus its children (loader workers), sampled every 50 ms."""
+
+    def __init__(self):
+        import psutil
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            try:
+                rss = self.proc.memory_info().rss + sum(c.memory_info().rss for c in self.proc.children(True))
+            except Exception:  # a worker exited between listing and reading
+                continue
+            self.peak = max(self.peak, rss)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
+
+
+def run_epoch(loader) -> int:
+    n = 0
+    for images, labels in loader:
+        n += len(labels)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return n
+
+
+def measure(backend: str, data: str, size: int, args) -> dict:
+    kw = {"batch_size": args.batch_size, "image_size": size, "device": args.device, "workers": args.workers,
+          "dtype": args.dtype}
+    if backend in ("dali-cpu", "dali-gpu"):
+        kw["decode_device"] = "cpu" if backend == "dali-cpu" else "mixed"
+    if backend == "pil":
+        kw["imagefolder"] = args.imagefolder
+    rss = PeakRSS()
+    loader = make_loader(backend.split("-")[0] if backend.startswith("dali") else backend, data, "train", **kw)
+    t0 = time.perf_counter()
+    run_epoch(loader)  # warm-up: compilation, pipeline build, first reads
+    first = time.perf_counter() - t0
+    c0, t0, n = cpu_seconds(), time.perf_counter(), 0
+    for e in range(args.epochs):
+        loader.set_epoch(e + 1)
+        n += run_epoch(loader)
+    wall = time.perf_counter() - t0
+    return {"backend": backend, "image_size": size, "images_per_s": round(n / wall, 1),
+            "first_epoch_s": round(first, 2), "cpu_cores_used": round((cpu_seconds() - c0) / wall, 2),
+            "peak_rss_mb": round(rss.stop()), "images": n}
+
+
+def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
+    """The JPEG bytes each format actually stores (the .beton holds its own q-encoded copies)."""
+    from loaders.common import LoaderConfig
+    from loaders.shardindex import ShardIndex
+    index = ShardIndex(LoaderConfig(data=data))
+    out = {"wds": [index.read(i) for i in range(min(limit, len(index)))]}
+    beton = Path(data) / "ffcv" / "train.beton"
+    if beton.is_file():
+        from ffcv.reader import Reader
+        reader = Reader(str(beton))
+        meta = reader.metadata["f0"]
+        ptrs = {int(p): int(s) for p, s in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
+        with open(beton, "rb") as f:
+            jpgs = []
+            for m in meta[meta["mode"] == 0][:limit]:  # mode 0: stored as JPEG
+                f.seek(int(m["data_ptr"]))
+                jpgs.append(f.read(ptrs[int(m["data_ptr"])]))
+        out["ffcv"] = jpgs
+    return out
+
+
+def decode_rate_one_core(jpgs: list[bytes], repeats: int = 3) -> float:
+    import cv2
+    cv2.setNumThreads(1)
+    arrays = [np.frombuffer(b, np.uint8) for b in jpgs]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for a in arrays:
+            cv2.imdecode(a, cv2.IMREAD_COLOR)
+        best = min(best, time.perf_counter() - t0)
+    return len(arrays) / best
+
+
+def model_rate(name: str, size: int, args) -> float:
+    """Training steps/s x batch of `name` on the present device (fwd + bwd + AdamW, channels_last)."""
+    from fastmix.model import create_model
+    device = torch.device(args.device)
+    model = create_model(name, num_classes=100).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(args.model_batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (args.model_batch,), device=device)
+    # fp16 autocast on CUDA (a T4 has no bf16); fp32 on CPU, where bf16 without AMX ran 23x slower.
+    amp = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    times = []
+    for step in range(args.model_steps + 1):
+        t0 = time.perf_counter()
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step is warm-up
+            times.append(time.perf_counter() - t0)
+    return args.model_batch / float(np.median(times))
+
+
+def verdicts(rows: list[dict]) -> None:
+    for r in rows:
+        r["bound"] = "loader-bound" if r["images_per_s"] < r["model_images_per_s"] else "compute-bound"
+        per_core = r["images_per_s"] / max(r["cpu_cores_used"], 1e-6)
+        r["cores_to_feed_model"] = round(r["model_images_per_s"] / per_core, 2)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| backend | size | img/s | first epoch s | CPU cores used | peak RSS MB | decode limit img/s | "
+             "vs decode limit | model img/s | verdict | cores to feed model |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['image_size']} | {r['images_per_s']} | {r['first_epoch_s']} | "
+                     f"{r['cpu_cores_used']} | {r['peak_rss_mb']:.0f} | {r['decode_limit_images_per_s']} | "
+                     f"{r['images_per_s'] / r['decode_limit_images_per_s']:.2f} | {r['model_images_per_s']} | "
+                     f"{r['bound']} | {r['cores_to_feed_model']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = sorted({r["image_size"] for r in rows})
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(backends)
+    for k, b in enumerate(backends):
+        vals = [next((r["images_per_s"] for r in rows if r["backend"] == b and r["image_size"] == s), 0) for s in sizes]
+        ax.bar(np.arange(len(sizes)) + k * width, vals, width, label=b)
+    limit = rows[0]["decode_limit_images_per_s"]
+    ax.axhline(limit, color="k", ls="--", lw=1, label=f"decode limit ({limit:.0f}/s)")
+    for s_i, s in enumerate(sizes):
+        m = next(r["model_images_per_s"] for r in rows if r["image_size"] == s)
+        ax.plot([s_i - 0.1, s_i + 0.9], [m, m], color="r", lw=2, label="model train step" if s_i == 0 else None)
+    ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"{s}px" for s in sizes])
+    ax.set(ylabel="images / s", title=f"Loader throughput ({rows[0]['device']}, {rows[0]['cpus']} CPUs)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def prepare_images(images: str) -> str:
+    """Convert a flat folder of `<wnid>_*.JPEG` photos once (train split only) for benchmarking."""
+    import tempfile
+    from bench.convert import as_imagefolder
+    from fastmix.convert import ConvertConfig, convert
+    out = Path("data") / f"bench-{Path(images).name}"
+    if not (out / "manifest.json").exists():
+        src = as_imagefolder(sorted(Path(images).iterdir()), Path(tempfile.mkdtemp()) / "src")
+        convert(ConvertConfig(source=str(src), out=str(out), num_classes=None, splits=("train",),
+                              overwrite=True))
+    return str(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/demo", help="a converted folder")
+    p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
+    p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic")
+    p.add_argument("--sizes", default="160,192,224")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float16" if torch.cuda.is_available() else "float32")
+    p.add_argument("--model", default="convmixer_768_32")
+    p.add_argument("--model-batch", type=int, default=4)
+    p.add_argument("--model-steps", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/loaders-<device>.json)")
+    a = p.parse_args(argv)
+    data = prepare_images(a.images) if a.images else a.data
+    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    if a.imagefolder is None and manifest["source"]["layout"] == "imagefolder":
+        a.imagefolder = manifest["source"]["path"]
+    backends = [b for b in a.backends.split(",") if b != "dali-gpu" or a.device.startswith("cuda")]
+    jpegs = stored_jpegs(data, limit=400)
+    limits = {fmt: decode_rate_one_core(b) * a.workers for fmt, b in jpegs.items()}
+    sizes = [int(s) for s in a.sizes.split(",")]
+    rows = []
+    for size in sizes:
+        for backend in backends:
+            # A fresh forked process per measurement: its own warm-up, CPU time and memory.
+            # (Forked, not spawned: spawn would make DataLoader workers spawn too.) The parent
+            # has not touched CUDA yet, so forking is safe on GPU machines too.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                try:
+                    row = pool.submit(measure, backend, data, size, a).result()
+                except (ImportError, FileNotFoundError) as e:
+                    print(f"skip {backend}: {e}")
+                    continue
+            row["decode_limit_images_per_s"] = round(limits["ffcv" if backend == "ffcv" else "wds"], 1)
+            rows.append(row)
+            print(row, flush=True)
+    device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu"
+    model_ips = {size: round(model_rate(a.model, size, a), 2) for size in sizes}
+    for row in rows:
+        row.update(model=a.model, model_images_per_s=model_ips[row["image_size"]], device=device_name,
+                   cpus=a.workers)
+    verdicts(rows)
+    result = {"data": data, "images": manifest["splits"]["train"]["written"], "device": device_name,
+              "workers": a.workers, "batch_size": a.batch_size, "dtype": a.dtype,
+              "torch": torch.__version__, "platform": platform.platform(), "rows": rows}
+    out = Path(a.out or RESULTS / f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print(markdown(rows))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
