@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -193,7 +194,8 @@ def plot(rows: list[dict], path: Path) -> None:
         m = next(r["model_images_per_s"] for r in rows if r["image_size"] == s)
         ax.plot([s_i - 0.1, s_i + 0.9], [m, m], color="r", lw=2, label="model train step" if s_i == 0 else None)
     ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"{s}px" for s in sizes])
-    ax.set(ylabel="images / s", title=f"Loader throughput ({rows[0]['device']}, {rows[0]['cpus']} CPUs)")
+    ax.set_yscale("log")  # synthetic is orders of magnitude above the rest
+    ax.set(ylabel="images / s (log)", title=f"Loader throughput ({rows[0]['device']}, {rows[0]['cpus']} CPUs)")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -202,12 +204,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def prepare_images(images: str) -> str:
     """Convert a flat folder of `<wnid>_*.JPEG` photos once (train split only) for benchmarking."""
-    import tempfile
     from bench.convert import as_imagefolder
     from fastmix.convert import ConvertConfig, convert
     out = Path("data") / f"bench-{Path(images).name}"
     if not (out / "manifest.json").exists():
-        src = as_imagefolder(sorted(Path(images).iterdir()), Path(tempfile.mkdtemp()) / "src")
+        # The symlink tree stays beside the output: the pil backend reads it as the ImageFolder.
+        src = Path("data") / f"bench-{Path(images).name}-src"
+        if src.exists():
+            shutil.rmtree(src)
+        src = as_imagefolder(sorted(Path(images).iterdir()), src)
         convert(ConvertConfig(source=str(src), out=str(out), num_classes=None, splits=("train",),
                               overwrite=True))
     return str(out)
