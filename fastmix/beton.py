@@ -59,7 +59,12 @@ class _SourceImages:
     def __getitem__(self, i):
         if self._pool is None:  # created in the writer's (forked) process, not the parent
             self._pool = ThreadPoolExecutor(self.threads)
-        for j in range(i, min(i + 2 * self.threads, len(self.items))):
+        window = range(i, min(i + 2 * self.threads, len(self.items)))
+        # With several ffcv writer processes a chunk's successor belongs to another process:
+        # drop decodes ahead that this one will never be asked for (bounded memory).
+        for j in [j for j in self._ahead if j not in window]:
+            self._ahead.pop(j).cancel()
+        for j in window:
             if j not in self._ahead:
                 self._ahead[j] = self._pool.submit(self._load, j)
         image = self._ahead.pop(i).result()

@@ -26,7 +26,8 @@ VARIANTS = {
     "convmixer_1536_20": ConvMixerConfig(1536, 20, kernel=9, patch=7, act="gelu"),
     "convmixer_768_32": ConvMixerConfig(768, 32, kernel=7, patch=7, act="relu"),
     "convmixer_1024_20_ks9_p14": ConvMixerConfig(1024, 20, kernel=9, patch=14, act="gelu"),
-    "convmixer_256_8": ConvMixerConfig(256, 8, kernel=5, patch=2, act="gelu"),  # CIFAR-size: the authors' CIFAR-10 script (k5 p2)
+    # CIFAR-size, as in the authors' CIFAR-10 script (kernel 5, patch 2)
+    "convmixer_256_8": ConvMixerConfig(256, 8, kernel=5, patch=2, act="gelu"),
 }
 
 
@@ -60,7 +61,7 @@ class ConvMixer(nn.Module):
 
 
 def create_model(name: str, num_classes: int = 100, **overrides) -> ConvMixer:
-    """A registered variant (see VARIANTS), or `convmixer_<dim>_<depth>` with overrides."""
+    """A registered variant (see VARIANTS); `overrides` change its fields (e.g. kernel=5)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown ConvMixer variant {name!r}; registered: {sorted(VARIANTS)}")
     cfg = {**VARIANTS[name].__dict__, **overrides}

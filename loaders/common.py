@@ -1,4 +1,4 @@
-"""What every backend shares: the config, epoch order and sharding, the shard index, normalization.
+"""What every backend shares: the config, epoch order and sharding, batching, normalization.
 
 Every backend yields (images, labels): images normalized with ImageNet's mean/std, NCHW in
 channels_last memory format, on the requested device and dtype; labels int64 on the device.

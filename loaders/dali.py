@@ -8,7 +8,6 @@ pipeline runs on the CPU with `device_id=None`. DALI shards contiguously (`shard
 """
 from __future__ import annotations
 
-
 from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, require
 from .shardindex import ShardIndex
 

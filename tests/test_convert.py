@@ -187,3 +187,15 @@ def test_cli_help_and_clear_error(tmp_path):
     r = subprocess.run(CLI + ["--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "nowhere: source folder not found" in r.stderr
+
+
+def test_beton_decode_ahead_stays_bounded_with_scattered_requests(imagefolder_source, tmp_path):
+    """Several ffcv writer processes ask for scattered chunks; prefetched images must not pile up."""
+    from fastmix.beton import _SourceImages
+    from fastmix.convert import plan
+    _, _, _, plans = plan(small_config(imagefolder_source, tmp_path / "o"))
+    items = [i for i in plans["val"].items]
+    images = _SourceImages(items, [0] * len(items), 512, 0, tmp_path / "err", threads=2)
+    for i in (0, 5, 1, 6, 2):  # two interleaved "chunks"
+        assert images[i][0].ndim == 3
+        assert len(images._ahead) <= 4
