@@ -19,6 +19,7 @@ $(STAMP):
 
 demo: setup
 	$(PY) tools/convert_subset.py --resume --verify
+	$(PY) tools/train.py --recipe cpu-smoke --data data/demo --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -27,4 +28,4 @@ bench: setup
 	$(PY) -m bench.convert
 
 clean:
-	rm -rf data .pytest_cache .benchmarks
+	rm -rf data runs .pytest_cache .benchmarks

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class LoaderConfig:
     train: bool | None = None                 # augment + shuffle; default: split == "train"
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True                        # train: random horizontal flip
+    rand_augment: str | None = None           # train: timm-style policy, e.g. "rand-m9-mstd0.5-inc1"
     crop_ratio: float = 224 / 256             # val: resize shorter side to size/crop_ratio, center crop
     seed: int = 0
     last_batch: str = "partial"               # partial: every sample once; drop: full batches only
@@ -46,6 +49,8 @@ class LoaderConfig:
     num_classes: int = 100                    # synthetic
 
     def __post_init__(self):
+        if self.rand_augment:
+            parse_rand_augment(self.rand_augment)  # fail at construction, not in a worker
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}: choose from {sorted(DTYPES)}")
         if self.last_batch not in LAST_BATCH:
@@ -74,6 +79,20 @@ def require(module: str, extra: str):
     except ImportError as e:
         raise ImportError(f"this backend needs `{module}`, which is not installed: "
                           f"pip install 'fastmix[{extra}]'") from e
+
+
+def parse_rand_augment(policy: str) -> dict:
+    """timm's RandAugment string ("rand-m9-n2-mstd0.5-inc1") -> {"n": 2, "m": 9, "mstd": 0.5, "inc": 1}."""
+    parts = policy.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"rand_augment {policy!r}: expected a timm RandAugment string 'rand-m9-...'")
+    out = {"n": 2, "m": 10, "mstd": 0.0, "inc": 0}
+    for part in parts[1:]:
+        key = re.match(r"[a-z]+", part)
+        if not key or key.group() not in out:
+            raise ValueError(f"rand_augment {policy!r}: unknown field {part!r}")
+        out[key.group()] = type(out[key.group()])(float(part[key.end():]))
+    return out
 
 
 def rank_indices(n: int, cfg: LoaderConfig, epoch: int) -> np.ndarray:
@@ -121,6 +140,18 @@ def parse_ascii_labels(padded: torch.Tensor) -> torch.Tensor:
 
 class BaseLoader:
     """Iterate for one epoch; `set_epoch` reshuffles (as DistributedSampler does)."""
+
+    # Train-time augmentations this backend can apply (and where): the trainer warns when a
+    # recipe asks for one the backend lacks.
+    AUGMENTS: dict[str, str] = {"random-resized-crop": "cpu", "hflip": "cpu"}
+
+    @property
+    def augmentations(self) -> dict[str, str]:
+        """What this loader actually applies, name -> where it runs."""
+        if not self.cfg.is_train:
+            return {}
+        wanted = {"random-resized-crop": True, "hflip": self.cfg.hflip, "rand-augment": bool(self.cfg.rand_augment)}
+        return {k: v for k, v in self.AUGMENTS.items() if wanted.get(k)}
 
     def __init__(self, cfg: LoaderConfig, num_samples: int):
         self.cfg = cfg

@@ -8,7 +8,9 @@ pipeline runs on the CPU with `device_id=None`. DALI shards contiguously (`shard
 """
 from __future__ import annotations
 
-from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, require
+import warnings
+
+from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, parse_rand_augment, require
 from .shardindex import ShardIndex
 
 LABEL_BYTES = 8  # .cls holds the label as ASCII digits; padded to a fixed width for batching
@@ -29,6 +31,11 @@ class DALILoader(BaseLoader):
         self._iter, self._in_epoch = None, False
 
     @property
+    def AUGMENTS(self):  # everything after the decode runs where the decode does
+        where = "gpu" if self.decode == "mixed" else "cpu"
+        return {"random-resized-crop": where, "hflip": where, "rand-augment": where}
+
+    @property
     def num_samples(self) -> int:  # DALI's contiguous shards: [floor(k*n/N), floor((k+1)*n/N))
         n, k, world = self.split_size, self.cfg.rank, self.cfg.world_size
         return (k + 1) * n // world - k * n // world
@@ -41,7 +48,7 @@ class DALILoader(BaseLoader):
         hw = {"hw_decoder_load": cfg.hw_decoder_load} if self.decode == "mixed" else {}
 
         @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                      seed=cfg.seed, prefetch_queue_depth=2)
+                      seed=cfg.seed, prefetch_queue_depth=2, enable_conditionals=bool(cfg.rand_augment))
         def pipe():
             jpg, cls = fn.readers.webdataset(
                 paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
@@ -56,7 +63,12 @@ class DALILoader(BaseLoader):
                     jpg, device=self.decode, output_type=types.RGB, random_area=list(cfg.scale),
                     random_aspect_ratio=list(cfg.ratio), num_attempts=10, **hw)
                 images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
-                mirror = fn.random.coin_flip(probability=0.5)
+                if cfg.rand_augment:  # DALI's RandAugment (monotonic magnitudes; no mstd noise)
+                    from nvidia.dali.auto_aug import rand_augment
+                    ra = parse_rand_augment(cfg.rand_augment)
+                    images = rand_augment.rand_augment(images, n=ra["n"], m=ra["m"], shape=[size, size],
+                                                       fill_value=128)
+                mirror = fn.random.coin_flip(probability=0.5) if cfg.hflip else 0
             else:
                 images = fn.decoders.image(jpg, device=self.decode, output_type=types.RGB, **hw)
                 images = fn.resize(images, resize_shorter=cfg.resize_to, antialias=True)
@@ -73,8 +85,10 @@ class DALILoader(BaseLoader):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         if self._iter is None:
             policy = LastBatchPolicy.DROP if self.cfg.last_batch == "drop" else LastBatchPolicy.PARTIAL
-            pipe = self._pipeline()
-            pipe.build()
+            with warnings.catch_warnings():  # DALI's RandAugment uses its own deprecated aliases
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pipe = self._pipeline()
+                pipe.build()
             self._iter = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
                                              last_batch_policy=policy, auto_reset=True)
         elif self._in_epoch:  # DALI cannot rewind mid-epoch: finish the abandoned one first

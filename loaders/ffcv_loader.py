@@ -15,6 +15,7 @@ from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_in
 
 
 class FFCVLoader(BaseLoader):
+    # ffcv has no RandAugment; its crop and flip run in numba-compiled code on the CPU.
     def __init__(self, cfg: LoaderConfig):
         require("ffcv", "ffcv")
         from ffcv.reader import Reader
@@ -36,8 +37,8 @@ class FFCVLoader(BaseLoader):
         cfg, device = self.cfg, self.cfg.torch_device
         size = (cfg.image_size, cfg.image_size)
         if cfg.is_train:
-            image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio),
-                     RandomHorizontalFlip()]
+            image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio)]
+            image += [RandomHorizontalFlip()] if cfg.hflip else []
             order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
         else:
             image = [CenterCropRGBImageDecoder(size, ratio=cfg.crop_ratio)]

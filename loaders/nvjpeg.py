@@ -41,6 +41,11 @@ class NvJPEGLoader(BaseLoader):
         super().__init__(cfg, len(self.index))
         self._io = ThreadPoolExecutor(max(1, cfg.workers))
 
+    @property
+    def AUGMENTS(self):  # crops and flips run where the decode does
+        where = self.cfg.torch_device.type
+        return {"random-resized-crop": where, "hflip": where}
+
     def _read(self, ids):
         return [torch.frombuffer(bytearray(self.index.read(i)), dtype=torch.uint8) for i in ids]
 
@@ -49,7 +54,7 @@ class NvJPEGLoader(BaseLoader):
         if cfg.is_train:
             top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], cfg.scale, cfg.ratio, rng)
             img = F.resized_crop(img, top, left, h, w, size, antialias=True)
-            return F.horizontal_flip(img) if rng.random() < 0.5 else img
+            return F.horizontal_flip(img) if cfg.hflip and rng.random() < 0.5 else img
         return F.center_crop(F.resize(img, cfg.resize_to, antialias=True), size)
 
     def __iter__(self):

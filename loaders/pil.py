@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import random
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -27,6 +30,19 @@ def pil_transform(cfg: LoaderConfig):
     return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device
 
 
+@contextmanager
+def _seeded(seed: int):
+    """Draw one sample's augmentation from its own seed (torch, numpy and random, as timm's
+    RandAugment uses all three), then put the process's RNG state back. Augmentations then
+    depend on (seed, epoch, index) only: not on the worker count, nor on a resume."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed), np.random.seed(seed % 2**32), random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])
+
+
 class _ImageFolder(datasets.ImageFolder):
     """ImageFolder restricted to the converted classes, labelled as classes.json says."""
 
@@ -43,6 +59,11 @@ class _ImageFolder(datasets.ImageFolder):
             raise FileNotFoundError(f"{directory}: class folders missing: {missing[:5]}")
         return list(self._wnids), {w: i for i, w in enumerate(self._wnids)}
 
+    def __getitem__(self, key):
+        index, seed = key
+        with _seeded(seed):
+            return super().__getitem__(index)
+
 
 class _ShardImages(Dataset):
     def __init__(self, index: ShardIndex, transform):
@@ -51,12 +72,16 @@ class _ShardImages(Dataset):
     def __len__(self):
         return len(self.index)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i, seed = key
         img = Image.open(io.BytesIO(self.index.read(i))).convert("RGB")
-        return self.transform(img), int(self.index.labels[i])
+        with _seeded(seed):
+            return self.transform(img), int(self.index.labels[i])
 
 
 class PILLoader(BaseLoader):
+    AUGMENTS = {"random-resized-crop": "cpu", "hflip": "cpu", "rand-augment": "cpu"}
+
     def __init__(self, cfg: LoaderConfig, from_shards: bool):
         if from_shards:
             dataset = _ShardImages(ShardIndex(cfg), pil_transform(cfg))
@@ -84,13 +109,16 @@ class PILLoader(BaseLoader):
 
 
 class _EpochSampler(Sampler):
-    """This rank's indices for the loader's current epoch (read when each epoch starts)."""
+    """This rank's (index, augmentation seed) pairs for the loader's current epoch."""
 
     def __init__(self, loader: PILLoader):
         self.loader = loader
 
     def __iter__(self):
-        return iter(rank_indices(self.loader.split_size, self.loader.cfg, self.loader.epoch).tolist())
+        cfg, epoch = self.loader.cfg, self.loader.epoch
+        indices = rank_indices(self.loader.split_size, cfg, epoch)
+        seeds = np.random.default_rng([cfg.seed, epoch]).integers(0, 2**62, self.loader.split_size)
+        return iter([(int(i), int(seeds[i])) for i in indices])
 
     def __len__(self):
         return self.loader.num_samples

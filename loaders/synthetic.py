@@ -7,6 +7,8 @@ from .common import BaseLoader, LoaderConfig, manifest_split, normalize
 
 
 class SyntheticLoader(BaseLoader):
+    AUGMENTS: dict[str, str] = {}
+
     def __init__(self, cfg: LoaderConfig, num_samples: int | None = None):
         if num_samples is None:
             num_samples = manifest_split(cfg)["written"]

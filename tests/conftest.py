@@ -34,9 +34,31 @@ def converted(imagefolder_source, tmp_path_factory) -> tuple[Path, dict]:
 FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL = 3, 13, 4
 
 
+def kill_when_exists(proc, path: Path, timeout: float = 600) -> None:
+    """SIGKILL `proc` as soon as `path` appears (or it exits, or `timeout` passes)."""
+    import os
+    import signal
+    import time
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def flat_color(i: int) -> tuple[int, int, int]:
     """Image id -> a flat colour that survives JPEG, crops, flips and resizes (ids < 256)."""
     return 16 * (i % 16) + 8, 16 * (i // 16) + 8, 128
+
+
+def ids_of(images) -> list[int]:
+    """Recover each flat image's id from its mean colour (the inverse of flat_color)."""
+    import torch
+    from loaders.common import MEAN, STD
+    x = images.float() * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    rgb = x.mean(dim=(2, 3))
+    low, high = ((rgb[:, 0] - 8) / 16).round().long(), ((rgb[:, 1] - 8) / 16).round().long()
+    return (high * 16 + low).tolist()
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from fastmix.shards import read_samples
 from fastmix.synth import QUIRKS, class_wnids, write_imagefolder
 from fastmix.verify import verify
 from layouts import to_archives, to_kaggle
-from conftest import small_config
+from conftest import kill_when_exists, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "tools" / "convert_subset.py")]
@@ -164,11 +161,7 @@ def test_resume_after_kill_gives_the_same_outputs(imagefolder_source, converted,
                   "--shard-size", "2", "--workers", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / ".state" / "train-00002.json"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, marker, timeout=120)
     assert marker.exists() and not (out / "manifest.json").exists(), "the kill must land mid-run"
     done = {p.name for p in out.glob(".state/train-*.json")}
     assert len(done) < len(list(imagefolder_source.glob("train/*/*"))) // 2

@@ -8,20 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL
+from conftest import FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL, ids_of
 from loaders import make_loader
-from loaders.common import MEAN, STD
 
 SHARDED = ["pil", "pil-wds", "ffcv", "dali", "nvjpeg"]
 DTYPE = {"train": "float32", "val": "bfloat16"}
-
-
-def ids_of(images: torch.Tensor) -> list[int]:
-    """Recover each flat image's id from its mean colour (see conftest.flat_color)."""
-    x = images.float() * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    rgb = x.mean(dim=(2, 3))
-    low, high = ((rgb[:, 0] - 8) / 16).round().long(), ((rgb[:, 1] - 8) / 16).round().long()
-    return (high * 16 + low).tolist()
 
 
 def epoch(loader):

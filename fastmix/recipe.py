@@ -1,0 +1,128 @@
+"""One training config type, filled from a recipe YAML (fastmix/recipes/*.yaml) plus overrides.
+
+    cfg = load_recipe("t4", model="convmixer_768_32", data="data/imagenet100")
+
+Defaults are the paper's ImageNet recipe (timm's train.py flags in the ConvMixer README):
+AdamW eps 1e-3, lr 0.01 at batch 640 (scaled linearly), one-cycle schedule, label smoothing
+0.1, mixup 0.5 / cutmix 0.5, RandAugment m9 mstd0.5 inc1, random erasing 0.25, clip 1.0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class TrainConfig:
+    # data: a converted folder (tools/convert_subset.py) read by one loaders/ backend
+    data: str = "data/demo"
+    backend: str = "dali"
+    imagefolder: str | None = None           # pil backend: the original ImageFolder tree
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    # model
+    model: str = "convmixer_768_32"
+    model_overrides: dict = field(default_factory=dict)  # e.g. {dim: 64, depth: 2} for tiny runs
+    # batch: micro_batch x accumulation steps = batch_size (the optimizer's batch, per process)
+    batch_size: int = 64
+    micro_batch: int | dict = 64             # int, or {variant: int} (the t4 recipe)
+    epochs: int = 100
+    image_size: int = 224
+    val_image_size: int | None = None        # default: image_size
+    progressive: dict | None = None          # {start: 160, until: 0.75}: size ramps start -> image_size
+    # optimizer and schedule
+    lr: float | None = None                  # default: lr_base * batch_size * world / lr_base_batch
+    lr_base: float = 0.01
+    lr_base_batch: int = 640
+    weight_decay: float = 2e-5               # timm's default, which the authors' command kept
+    opt_eps: float = 1e-3
+    schedule: str = "onecycle"               # onecycle | cosine
+    warmup_epochs: float = 0.0               # cosine only
+    clip_grad: float | None = 1.0
+    # regularization
+    label_smoothing: float = 0.1
+    mixup: float = 0.5
+    cutmix: float = 0.5
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25                     # random erasing probability
+    crop_scale: tuple = (0.08, 1.0)
+    hflip: bool = True
+    ema: bool = False
+    ema_decay: float = 0.9999
+    # speed (see fastmix/speed.py)
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    precision: str = "auto"                  # auto | fp32 | bf16 | fp16
+    channels_last: str = "auto"              # auto (measured) | on | off
+    compile: bool = False
+    compile_mode: str = "default"            # default | reduce-overhead | max-autotune
+    # run
+    out: str = "runs/demo"
+    seed: int = 0
+    log_every: int = 10                      # optimizer steps between JSONL lines
+    max_nonfinite: int = 5                   # stop after this many non-finite losses in a row
+    max_steps_per_epoch: int | None = None   # cut epochs short (smoke tests, GPU benchmarks)
+
+    def __post_init__(self):
+        self.crop_scale = tuple(self.crop_scale)
+        if self.schedule not in ("onecycle", "cosine"):
+            raise ValueError(f"schedule {self.schedule!r}: choose onecycle or cosine")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch "
+                             f"{self.micro_batch_size} ({self.model})")
+
+    @property
+    def micro_batch_size(self) -> int:
+        if isinstance(self.micro_batch, dict):
+            if self.model not in self.micro_batch:
+                raise ValueError(f"micro_batch has no entry for {self.model} (has {sorted(self.micro_batch)})")
+            return int(self.micro_batch[self.model])
+        return int(self.micro_batch)
+
+    @property
+    def accum_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: recipe not found")
+        return path
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {name!r}; built in: {known}, or pass a .yaml path")
+    return path
+
+
+def load_recipe(name: str | None = None, **overrides) -> TrainConfig:
+    """A recipe's values over TrainConfig's defaults, then `overrides` over both."""
+    values = {}
+    if name:
+        path = recipe_path(name)
+        values = yaml.safe_load(path.read_text()) or {}
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}")
+    return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """`--set key=value` pairs; values parsed as YAML (numbers, booleans, lists, dicts)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
