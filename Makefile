@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(PY) -m bench.convert
+	$(PY) -m bench.calibration
 
 clean:
 	rm -rf data runs .pytest_cache .benchmarks

@@ -59,6 +59,8 @@ class ConvMixer(nn.Module):
         x = self.blocks(self.stem(x))
         # Pool and classify in fp32 even under autocast: fp16 logits overflow (max 65504) and
         # gave the reference run its NaN losses; this layer costs <0.01 % of the FLOPs.
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device (FLOP counting)
+            return self.head(x.mean(dim=(2, 3), dtype=torch.float32))
         with torch.autocast(x.device.type, enabled=False):
             return self.head(x.mean(dim=(2, 3), dtype=torch.float32))
 

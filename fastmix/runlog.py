@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 EPOCH_FIELDS = ["epoch", "train_loss", "eval_loss", "top1", "top5", "ema_top1", "lr", "images_per_s",
-                "epoch_time_s", "image_size", "nonfinite_skipped", "scaler_skipped"]
+                "mfu", "epoch_time_s", "image_size", "nonfinite_skipped", "scaler_skipped"]
 
 
 class RunLog:

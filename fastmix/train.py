@@ -29,6 +29,8 @@ from loaders import make_loader
 
 from . import checkpoint, distributed, speed
 from .augment import BatchAugment
+from .catalog import load_catalog, present_device
+from .flops import convmixer_ops, totals
 from .model import create_model
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
@@ -92,6 +94,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
 
+        self.peak_flops = self._peak_flops()
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.nonfinite_in_row, self.update_times = 0, []
         if resume:
@@ -99,6 +102,20 @@ class Trainer:
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
         if self.dist.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(self.describe(), sort_keys=False))
+
+    def _peak_flops(self) -> float | None:
+        """This device's catalog peak at the run's precision (for MFU), if the catalog knows it."""
+        try:
+            return present_device(load_catalog()).peak_tflops(self.precision) * 1e12 * self.dist.world_size
+        except (KeyError, ValueError):
+            return None
+
+    def mfu(self, images_per_s: float, size: int) -> float | None:
+        """Model FLOPs utilization, nanoGPT-style: analytic training FLOPs/s over the peak."""
+        if self.peak_flops is None:
+            return None
+        per_image = totals(convmixer_ops(self.model.config, size, self.num_classes)).train_model_flops
+        return images_per_s * per_image / self.peak_flops
 
     # -- data -----------------------------------------------------------------------------
     def _loader(self, split: str, size: int, **extra):
@@ -210,7 +227,7 @@ class Trainer:
             if self.updates % cfg.log_every == 0:
                 self.log.step({"epoch": epoch, "update": self.updates, "loss": loss.item(), "lr": self._lr(),
                                "grad_norm": stats["grad_norm"], "scale": stats["scale"],
-                               "images_per_s": rate, "image_size": size})
+                               "images_per_s": rate, "mfu": self.mfu(rate, size), "image_size": size})
         del batches  # abandon the rest (accumulation remainder, max_steps_per_epoch)
         elapsed = time.perf_counter() - start
         totals = self.dist.sum([sums["loss"], sums["updates"]], self.device)
@@ -246,6 +263,7 @@ class Trainer:
         cfg = self.cfg
         for epoch in range(self.start_epoch, cfg.epochs):
             row = {"epoch": epoch, **self.train_epoch(epoch), "lr": self._lr(), **self.evaluate()}
+            row["mfu"] = self.mfu(row["images_per_s"], row["image_size"])
             if self.ema is not None:
                 row["ema_top1"] = self.evaluate(self.ema.module)["top1"]
             best = row["top1"] > self.best_top1

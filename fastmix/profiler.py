@@ -1,0 +1,221 @@
+"""Measure real training steps, and calibrate the cost model with them.
+
+For each configuration: build the model and AdamW, warm up (this pays torch.compile and
+cuDNN autotuning), then time many full steps (forward, backward, optimizer) with CUDA events
+(CPU: wall clock; CPU work is synchronous). Report the median and spread, achieved TFLOP/s
+(analytic model FLOPs / time) and MFU against the catalog peak, NVML telemetry, and a
+per-op-class breakdown from torch.profiler. `calibrate` turns one configuration's breakdown
+into per-class efficiencies for fastmix.cost; `run_calibration` then predicts the others.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import speed
+from .catalog import Device
+from .cost import CLASSES, DEFAULT_EFFICIENCY, Efficiency, num_ops, predict_step
+from .flops import convmixer_ops, totals
+from .model import VARIANTS, create_model
+from .optim import build_optimizer
+from .recipe import TrainConfig
+from .telemetry import Telemetry
+
+
+@dataclass
+class ProfileSpec:
+    model: str
+    batch: int
+    image_size: int = 224
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    num_classes: int = 100
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} b{self.batch} {self.image_size}px {self.precision}"
+
+
+def build_step(spec: ProfileSpec, device: torch.device):
+    """A closure running one real training step on fixed random data, and what it chose."""
+    precision = speed.resolve_precision(spec.precision, device)
+    model = create_model(spec.model, num_classes=spec.num_classes).to(device)
+    channels_last, timings = speed.choose_channels_last(model, spec.channels_last, device, precision,
+                                                        spec.batch, spec.image_size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = build_optimizer(model, TrainConfig(), lr=1e-3)
+    scaler = speed.grad_scaler(precision, device)
+    net = speed.compile_model(model, spec.compile)
+    x = torch.randn(spec.batch, 3, spec.image_size, spec.image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, spec.num_classes, (spec.batch,), device=device)
+
+    def step():
+        with speed.autocast(precision, device):
+            loss = F.cross_entropy(net(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, {"precision": precision, "channels_last": channels_last, "channels_last_timings_s": timings}
+
+
+def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[list[float], float]:
+    """Per-step seconds after `warmup` steps, and how long the warm-up took."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    speed.sync(device)
+    warmup_s = time.perf_counter() - t0
+    times = []
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) / 1e3 for s, e in events]
+    else:
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    return times, warmup_s
+
+
+def classify(name: str, shapes, in_optimizer: bool) -> str:
+    """An aten op -> the cost model's op class."""
+    if in_optimizer:
+        return "optimizer"
+    n = name.lower()
+    if "conv" in n:
+        w = shapes[2] if "backward" in n and len(shapes) > 2 else (shapes[1] if len(shapes) > 1 else [])
+        return "depthwise" if len(w) == 4 and w[1] == 1 and w[2] > 1 else "gemm"
+    if n in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"):
+        return "gemm"
+    if any(k in n for k in ("batch_norm", "gelu", "relu", "threshold", "add", "mul", "mean", "sum", "div",
+                            "copy_", "_to_copy", "fill_", "where", "softmax")):
+        return "elementwise"
+    return "other"
+
+
+def op_breakdown(step, device: torch.device, steps: int = 2) -> dict:
+    """Seconds per step by op class (device time on CUDA, self CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts, record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+        speed.sync(device)
+    out = dict.fromkeys((*CLASSES, "other"), 0.0)
+    for ev in prof.events():
+        us = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
+        if us <= 0 or not ev.name.startswith("aten::"):
+            continue
+        parent, in_opt = ev.cpu_parent, False
+        while parent is not None and not in_opt:
+            in_opt = parent.name.startswith("Optimizer.step")
+            parent = parent.cpu_parent
+        out[classify(ev.name, ev.input_shapes or [], in_opt)] += us / 1e6 / steps
+    return out
+
+
+def ceilings(device: torch.device, precision: str) -> dict:
+    """The device's own ceilings: a large matmul (TFLOP/s) and a large copy (GB/s, read+write)."""
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    n, size = (8192, 2**30) if device.type == "cuda" else (1024, 2**27)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    src = torch.empty(size // 4, device=device, dtype=torch.float32).fill_(1)
+    dst = torch.empty_like(src)
+
+    def best(fn, reps):
+        fn()
+        speed.sync(device)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            speed.sync(device)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    mm = best(lambda: a @ b, 10)
+    cp = best(lambda: dst.copy_(src), 10)
+    return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
+            "copy_gbs": 2 * size / cp / 1e9, "copy_bytes": size}
+
+
+def measure(spec: ProfileSpec, device: torch.device, gpu: Device, steps: int = 20, warmup: int = 5,
+            breakdown: bool = True) -> dict:
+    step, chosen = build_step(spec, device)
+    with Telemetry(device.index or 0) as tel:
+        times, warmup_s = time_steps(step, device, steps, warmup)
+    median = statistics.median(times)
+    flops = spec.batch * totals(convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes)).train_model_flops
+    out = {"spec": asdict(spec), "label": spec.label, **chosen, "steps": steps, "warmup_s": warmup_s,
+           "times_s": times, "median_s": median, "p10_s": _quantile(times, 0.1), "p90_s": _quantile(times, 0.9),
+           "images_per_s": spec.batch / median, "model_flops_per_step": flops,
+           "achieved_tflops": flops / median / 1e12,
+           "mfu": flops / median / (gpu.peak_tflops(chosen["precision"]) * 1e12), "telemetry": tel.summary()}
+    if breakdown:
+        out["breakdown_s"] = op_breakdown(step, device)
+    del step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def calibrate(m: dict, gpu: Device) -> Efficiency:
+    """Per-class efficiencies that make the roofline reproduce measurement `m`: each class's
+    default efficiency x (its default-predicted time / its measured time). Profiler overhead
+    is taken out by scaling the profiled classes to the measured step; the time no class
+    explains becomes a per-op launch overhead."""
+    spec = ProfileSpec(**m["spec"])
+    predicted = predict_step(spec.model, spec.batch, m["precision"], gpu, Efficiency(), spec.image_size,
+                             spec.num_classes)["by_class_s"]
+    profiled = {c: m["breakdown_s"][c] for c in CLASSES}
+    total = sum(m["breakdown_s"].values())
+    scale = min(1.0, m["median_s"] / total) if total > 0 else 1.0
+    values = {}
+    for c in CLASSES:
+        measured = profiled[c] * scale
+        factor = predicted[c] / measured if measured > 0 else 1.0
+        values[c] = {k: v * factor for k, v in DEFAULT_EFFICIENCY[c].items()}
+    unexplained = max(0.0, m["median_s"] - scale * sum(profiled.values()))
+    ops = num_ops(convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes))
+    return Efficiency(values=values, overhead_per_op_s=unexplained / ops, source=f"calibrated on {spec.label}")
+
+
+def environment(device: torch.device) -> dict:
+    from .telemetry import device_info
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+           "cpu": _cpu_name(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env.update(device=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
+                   capability=".".join(map(str, torch.cuda.get_device_capability(device))))
+    else:
+        env["device"] = "cpu"
+    env["nvml"] = device_info(device.index or 0) if device.type == "cuda" else device_info()
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -1,0 +1,136 @@
+"""Cost model: analytic FLOPs vs torch's counter, the report's Table 2, the catalog, scaling of
+predictions, a calibration that round-trips, and telemetry without NVML."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmix.calibration import run_calibration
+from fastmix.catalog import load_catalog, lookup
+from fastmix.cost import Efficiency, predict_run, predict_step, reproduce_report
+from fastmix.flops import convmixer_ops, counted_flops, totals
+from fastmix.model import VARIANTS, create_model, num_params
+from fastmix.profiler import ProfileSpec
+from fastmix.telemetry import Telemetry, device_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_analytic_flops_match_torch_flop_counter(name):
+    res, batch = (32, 4) if name == "convmixer_256_8" else (224, 2)
+    with torch.device("meta"):  # shapes only: no memory, no compute
+        model, x = create_model(name, num_classes=100), torch.randn(batch, 3, res, res)
+    t = totals(convmixer_ops(VARIANTS[name], res, 100))
+    forward = counted_flops(model, x, train=False, fix_grouped_backward=False) / batch
+    train = counted_flops(model, x) / batch
+    assert forward == pytest.approx(t.fwd_model_flops, rel=0.01)
+    assert train == pytest.approx(t.train_model_flops, rel=0.01)
+    assert t.params == num_params(model)
+    # torch's own conv-backward formula counts depthwise weight gradients as dense convs
+    assert counted_flops(model, x, fix_grouped_backward=False) / batch > 5 * t.train_model_flops
+
+
+def test_the_reports_table_2_under_its_own_convention():
+    rows = {r["model"]: r for r in reproduce_report()}
+    assert f"{rows['convmixer_768_32']['flops']:.2g}" == "7.5e+18"
+    assert f"{rows['convmixer_1536_20']['flops']:.2g}" == "1.9e+19"
+    assert rows["convmixer_768_32"]["T4_hours"] == pytest.approx(420, rel=0.01)
+    # corrected: 2 FLOPs per multiply-add and the depthwise convs: > 2x the report's count
+    corrected = totals(convmixer_ops(VARIANTS["convmixer_768_32"], 224, 1000)).train_model_flops * 1.28e6 * 100
+    assert corrected / rows["convmixer_768_32"]["flops"] == pytest.approx(2 * 20.68 / 19.55, rel=0.02)
+
+
+def test_catalog_is_sane_and_overridable(tmp_path):
+    catalog = load_catalog()
+    assert {"t4", "v100", "a10g", "l4", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"} <= set(catalog)
+    for dev in catalog.values():
+        assert dev.fp32 > 0 and dev.bandwidth_gbs > 0 and dev.memory_gb > 0 and dev.price_per_hour > 0
+        assert dev.source
+        for tensor in (dev.fp16_tensor, dev.bf16_tensor):
+            assert tensor is None or tensor >= dev.fp32
+    assert catalog["t4"].bf16_tensor is None and not catalog["t4"].supports("bf16")
+    assert catalog["h100"].peak_tflops("bf16") > catalog["a100-80gb"].peak_tflops("bf16") > catalog["t4"].peak_tflops("fp16")
+    assert lookup(catalog, "Tesla T4").key == "t4" and lookup(catalog, "NVIDIA H100 80GB HBM3").key == "h100"
+    with pytest.raises(KeyError, match="not in the catalog"):
+        lookup(catalog, "NVIDIA L40S")
+    user = tmp_path / "mine.yaml"
+    user.write_text("t4: {price_per_hour: 0.2}\nmi300x: {name: AMD MI300X, fp32: 163, fp16_tensor: 1307, "
+                    "bf16_tensor: 1307, bandwidth_gbs: 5300, memory_gb: 192, price_per_hour: 4}\n")
+    mine = load_catalog(user)
+    assert mine["t4"].price_per_hour == 0.2 and mine["t4"].fp16_tensor == 65 and "mi300x" in mine
+    user.write_text("broken: {name: x, fp32: 1}\n")
+    with pytest.raises(ValueError, match="missing"):
+        load_catalog(user)
+
+
+def test_predictions_scale_as_they_must():
+    t4 = load_catalog()["t4"]
+    base = predict_run("convmixer_768_32", t4, "fp16", 64, 32, train_images=128_000, epochs=10)
+    assert predict_run("convmixer_768_32", t4, "fp16", 64, 32, train_images=128_000, epochs=20)["hours"] == \
+        pytest.approx(2 * base["hours"])
+    assert predict_run("convmixer_768_32", t4, "fp16", 64, 32, train_images=256_000, epochs=10)["hours"] == \
+        pytest.approx(2 * base["hours"], rel=1e-3)
+    assert base["dollars"] == pytest.approx(base["hours"] * t4.price_per_hour)
+    steps = [predict_step("convmixer_768_32", b, "fp16", t4)["step_s"] for b in (8, 16, 32, 64)]
+    assert steps == sorted(steps)
+    for small, big in zip(steps, steps[1:]):  # more images per step, never more time per image
+        assert small < big <= 2 * small * (1 + 1e-9)
+    assert predict_step("convmixer_1536_20", 32, "fp16", t4)["step_s"] > steps[2]
+    h100 = load_catalog()["h100"]
+    assert predict_run("convmixer_768_32", h100, "bf16", 64, 64, 128_000, 10)["hours"] < base["hours"]
+
+
+def test_calibration_round_trips_and_reproduces_its_measurement(tmp_path):
+    specs = [ProfileSpec("convmixer_256_8", 4, 32, "fp32", "off"), ProfileSpec("convmixer_256_8", 8, 32, "fp32", "off")]
+    result = run_calibration(specs, tmp_path, steps=3, warmup=1, device="cpu", with_ceilings=False)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["environment"]["torch"] == torch.__version__ and saved["catalog_entry"] == "cpu"
+    assert (tmp_path / "predicted_vs_measured.png").stat().st_size > 0
+    assert "| configuration |" in (tmp_path / "predicted_vs_measured.md").read_text()
+    eff = Efficiency.load(tmp_path / "calibration.json")
+    assert eff.values == result["efficiency"]
+    m = saved["measurements"][0]
+    pred = predict_step("convmixer_256_8", 4, "fp32", load_catalog()["cpu"], eff, image_size=32)
+    assert pred["step_s"] == pytest.approx(m["median_s"], rel=1e-6)
+    assert all(math.isfinite(r["error"]) for r in saved["predictions"])
+    with pytest.raises(ValueError, match="not a fastmix calibration"):
+        (tmp_path / "bad.json").write_text("{}")
+        Efficiency.load(tmp_path / "bad.json")
+
+
+def test_telemetry_degrades_cleanly_without_nvml(monkeypatch):
+    import pynvml
+
+    def no_library():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    with Telemetry() as tel:
+        pass
+    summary = tel.summary()
+    assert summary["available"] is False and "NVML unavailable" in summary["reason"]
+    assert device_info()["available"] is False
+
+
+def cli(tool, *args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_estimate_cost_cli():
+    table = cli("estimate_cost.py")
+    assert table.returncode == 0, table.stderr
+    assert "convmixer_768_32 | t4 | fp16 | 32" in table.stdout and "h100" in table.stdout
+    rows = json.loads(cli("estimate_cost.py", "--json", "--model", "convmixer_768_32", "--gpu", "l4").stdout)
+    assert rows[0]["gpu"] == "l4" and rows[0]["precision"] == "bf16" and rows[0]["hours"] > 0
+    report = cli("estimate_cost.py", "--reproduce-report").stdout
+    assert "7.5e+18" in report and "| 417 |" in report and "Corrected" in report
+    bad = cli("estimate_cost.py", "--gpu", "tpu-v9")
+    assert bad.returncode == 2 and "unknown GPU" in bad.stderr
+    assert cli("profile_gpu.py", "--help").returncode == 0

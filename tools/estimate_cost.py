@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Predict hours and dollars for ConvMixer training runs on catalog GPUs (a roofline per op).
+
+Examples:
+  tools/estimate_cost.py                                     # ImageNet-100, 100 epochs, T4/L4/A100/H100
+  tools/estimate_cost.py --model convmixer_768_32 --gpu t4 --epochs 150 --json
+  tools/estimate_cost.py --calibration runs/calib-t4/calibration.json --gpu t4
+  tools/estimate_cost.py --reproduce-report                  # the report's Table 2, then the corrected one
+  tools/estimate_cost.py --memory                            # training memory and the largest micro-batch
+
+Conventions: a multiply-add is 2 FLOPs; model FLOPs count every conv (depthwise included) and
+the classifier, forward + backward. Without --calibration the efficiencies are stated defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastmix.catalog import load_catalog  # noqa: E402
+from fastmix.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
+                          largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
+
+MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
+GPUS = ["t4", "l4", "a100-40gb", "h100"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help=f"variant (repeatable; default {', '.join(MODELS)})")
+    p.add_argument("--gpu", action="append", help=f"catalog key (repeatable; default {', '.join(GPUS)})")
+    p.add_argument("--images", type=int, default=IMAGENET100_TRAIN, help="training images per epoch")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=64, help="optimizer batch (micro-batches accumulate to it)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--precision", default="auto", help="auto (fp16 without bf16, else bf16), fp32, fp16, bf16")
+    p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
+    p.add_argument("--catalog", help="YAML merged over fastmix/gpus.yaml (prices, new GPUs)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a markdown table")
+    p.add_argument("--reproduce-report", action="store_true",
+                   help="the reference report's Table 2 under its own convention, next to the corrected one")
+    p.add_argument("--memory", action="store_true", help="training memory per micro-batch and what fits")
+    return p.parse_args(argv)
+
+
+def precision_for(gpu, asked: str) -> str:
+    if asked != "auto":
+        return asked
+    return "bf16" if gpu.bf16_tensor else ("fp16" if gpu.fp16_tensor else "fp32")
+
+
+def cost_rows(args, catalog, eff) -> list[dict]:
+    rows = []
+    for model in args.model or MODELS:
+        for key in args.gpu or GPUS:
+            gpu = catalog[key]
+            prec = precision_for(gpu, args.precision)
+            micro = largest_micro_batch(model, gpu, prec, args.batch, args.image_size)
+            rows.append(predict_run(model, gpu, prec, args.batch, micro, args.images, args.epochs, args.image_size,
+                                    eff=eff))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model | GPU | precision | micro-batch | memory (GB) | img/s | MFU | h/epoch | hours | $ |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['gpu']} | {r['precision']} | {r['micro_batch']} | {r['memory_gb']:.1f} | "
+                   f"{r['images_per_s']:.0f} | {100 * r['mfu']:.0f} % | {r['epoch_s'] / 3600:.2f} | {r['hours']:.1f} | "
+                   f"{r['dollars']:.0f} |")
+    return "\n".join(out)
+
+
+def report(args, catalog, eff) -> str:
+    lines = [f"## The report's Table 2, under its own convention ({REPORT_IMAGES:,} images x {REPORT_EPOCHS} epochs;",
+             "\"FLOPs\" = 3 x timm's GMACs x images x epochs, i.e. a multiply-add counted as one FLOP and the",
+             "depthwise convs left out; hours = FLOPs / " + ", ".join(f"{g} {t} T/s" for g, t in REPORT_TFLOPS.items())
+             + ")", "", "| model | \"FLOPs\" | " + " | ".join(f"{g} h" for g in REPORT_TFLOPS) + " |",
+             "|---|---|" + "---|" * len(REPORT_TFLOPS)]
+    for r in reproduce_report():
+        lines.append(f"| {r['model']} | {r['flops']:.2g} | " + " | ".join(f"{r[g + '_hours']:.0f}" for g in REPORT_TFLOPS)
+                     + " |")
+    lines += ["", f"## Corrected (multiply-add = 2 FLOPs, depthwise included, forward + backward; roofline per op, "
+              f"efficiencies: {eff.source})", ""]
+    args.images, args.epochs = REPORT_IMAGES, REPORT_EPOCHS
+    args.gpu = args.gpu or ["t4", "v100", "a100-40gb"]
+    args.model = args.model or list(r["model"] for r in reproduce_report())
+    rows = cost_rows(args, catalog, eff)
+    lines.append("| model | GPU | training FLOPs | FLOPs per epoch | hours | $ |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['gpu']} | {r['train_flops']:.2g} | {r['epoch_flops']:.2g} | {r['hours']:.0f} | "
+                     f"{r['dollars']:.0f} |")
+    return "\n".join(lines)
+
+
+def memory(args, catalog) -> str:
+    out = ["| model | precision | micro-batch | training memory (GB) | fits on |", "|---|---|---|---|---|"]
+    for model in args.model or MODELS:
+        for prec in ("fp16", "fp32"):
+            for micro in (16, 32, 64):
+                gb = training_memory_gb(model, micro, prec, args.image_size)
+                fits = [k for k in args.gpu or GPUS if gb <= catalog[k].memory_gb - 1.5]
+                out.append(f"| {model} | {prec} | {micro} | {gb:.1f} | {', '.join(fits) or '-'} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        catalog = load_catalog(args.catalog)
+        eff = Efficiency.load(args.calibration) if args.calibration else Efficiency()
+        unknown = [g for g in args.gpu or [] if g not in catalog]
+        if unknown:
+            raise KeyError(f"unknown GPU {unknown}; catalog keys: {sorted(catalog)}")
+        if args.reproduce_report:
+            print(report(args, catalog, eff))
+        elif args.memory:
+            print(memory(args, catalog))
+        else:
+            rows = cost_rows(args, catalog, eff)
+            print(json.dumps(rows, indent=2) if args.json else markdown(rows))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"estimate_cost: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Profile real ConvMixer training steps on this device (CUDA or CPU) and calibrate the cost model.
+
+Each --config is MODEL:BATCH[:PRECISION[:IMAGE_SIZE]]; the first (or --calibrate-on N) is the
+calibration point, the rest are predicted from it and measured. Writes OUT/calibration.json
+(device, driver, versions, ceilings, NVML telemetry, per-op-class breakdown, efficiencies),
+OUT/predicted_vs_measured.md and .png. Use the JSON with tools/estimate_cost.py --calibration.
+
+Default (GPU): calibrate on 768/32 at batch 64 bf16 (fp16 where there is no bf16), then predict
+1536/20, 1024/20-p14 and 768/32 at batches 32 and 128.
+  tools/profile_gpu.py --out runs/calib-h100
+  tools/profile_gpu.py --config convmixer_768_32:32:fp16 --config convmixer_1536_20:16:fp16 --out runs/calib-t4
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastmix.profiler import ProfileSpec  # noqa: E402
+
+DEFAULT = ["convmixer_768_32:64", "convmixer_1536_20:64", "convmixer_1024_20_ks9_p14:64",
+           "convmixer_768_32:32", "convmixer_768_32:128"]
+
+
+def parse_spec(text: str, precision: str, channels_last: str, compile_: bool) -> ProfileSpec:
+    parts = text.split(":")
+    if len(parts) < 2:
+        raise ValueError(f"--config {text!r}: expected MODEL:BATCH[:PRECISION[:IMAGE_SIZE]]")
+    return ProfileSpec(model=parts[0], batch=int(parts[1]), precision=parts[2] if len(parts) > 2 else precision,
+                       image_size=int(parts[3]) if len(parts) > 3 else 224, channels_last=channels_last,
+                       compile=compile_)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", help="MODEL:BATCH[:PRECISION[:IMAGE_SIZE]] (repeatable)")
+    p.add_argument("--calibrate-on", type=int, default=0, help="index of the calibration configuration")
+    p.add_argument("--precision", default="auto", help="default precision: auto, fp32, fp16, bf16")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time is excluded)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--catalog", help="YAML merged over fastmix/gpus.yaml")
+    p.add_argument("--out", default="runs/calibration")
+    args = p.parse_args(argv)
+    from fastmix.calibration import run_calibration
+    from fastmix.model import VARIANTS
+    try:
+        specs = [parse_spec(c, args.precision, args.channels_last, args.compile) for c in args.config or DEFAULT]
+        unknown = [s.model for s in specs if s.model not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; registered: {sorted(VARIANTS)}")
+        if not 0 <= args.calibrate_on < len(specs):
+            raise ValueError(f"--calibrate-on {args.calibrate_on}: there are {len(specs)} configurations")
+        run_calibration(specs, args.out, args.calibrate_on, args.steps, args.warmup, args.device, args.catalog)
+    except (ValueError, KeyError, RuntimeError) as e:
+        print(f"profile_gpu: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "predicted_vs_measured.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
