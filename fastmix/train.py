@@ -66,8 +66,9 @@ class Trainer:
         self.num_classes = len(json.loads(classes.read_text()))
 
         model = create_model(cfg.model, num_classes=self.num_classes, **cfg.model_overrides).to(self.device)
-        self.channels_last, self.format_timings = speed.choose_channels_last(
+        channels_last, self.format_timings = speed.choose_channels_last(
             model, cfg.channels_last, self.device, self.precision, cfg.micro_batch_size, cfg.image_size)
+        self.channels_last = bool(self.dist.gather(channels_last)[0])  # rank 0's measurement decides for all
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

@@ -39,10 +39,11 @@ def rows(out) -> list[dict]:
     {"channels_last": "on"},
     {"channels_last": "auto", "precision": "bf16"},
     {"micro_batch": 2, "batch_size": 8},  # 4 micro-batches per update
-    {"compile": True},
+    {"compile": True, "precision": "bf16", "micro_batch": 4},  # with AMP and accumulation
     {"ema": True, "ema_decay": 0.9, "progressive": {"start": 32, "until": 0.5}, "image_size": 64,
      "schedule": "cosine", "warmup_epochs": 0.5},
-], ids=["fp32", "bf16", "channels_last", "channels_last-auto", "accumulation", "compile", "ema-progressive-cosine"])
+], ids=["fp32", "bf16", "channels_last", "channels_last-auto", "accumulation", "compile-bf16-accumulation",
+                         "ema-progressive-cosine"])
 def test_training_run_completes(flat_converted, tmp_path, options):
     data, _, _ = flat_converted
     summary = Trainer(tiny(data, tmp_path, **options)).fit()
