@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from .catalog import load_catalog, present_device
@@ -86,5 +85,3 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-__all__ = ["run_calibration", "ProfileSpec", "torch"]

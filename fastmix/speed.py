@@ -24,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r}: no CUDA device here (use device: cpu)")
+        raise ValueError(f"device {name!r}: no CUDA device here (use device: cpu)")
     return device
 
 

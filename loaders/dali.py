@@ -85,14 +85,18 @@ class DALILoader(BaseLoader):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         if self._iter is None:
             policy = LastBatchPolicy.DROP if self.cfg.last_batch == "drop" else LastBatchPolicy.PARTIAL
-            with warnings.catch_warnings():  # DALI's RandAugment uses its own deprecated aliases
-                warnings.simplefilter("ignore", DeprecationWarning)
+            # DALI's RandAugment calls its own deprecated aliases and forces their warnings on;
+            # recording them is the one way to keep them off the user's console.
+            with warnings.catch_warnings(record=True):
                 pipe = self._pipeline()
                 pipe.build()
             self._iter = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
                                              last_batch_policy=policy, auto_reset=True)
         elif self._in_epoch:  # DALI cannot rewind mid-epoch: finish the abandoned one first
-            for _ in self._iter:
+            try:
+                while True:
+                    next(self._iter)  # not `for`: iter() on a mid-epoch DALI iterator warns
+            except StopIteration:
                 pass
         self._in_epoch = True
         for batch in self._iter:

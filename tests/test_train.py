@@ -190,3 +190,13 @@ def test_progressive_resizing_steps_by_32():
     sizes = [image_size_at(cfg, e) for e in range(10)]
     assert sizes[0] == 160 and sizes[-1] == 224 and sizes == sorted(sizes)
     assert all(s % 32 == 0 for s in sizes)
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_epochs_cut_short_leave_the_loader_ready_for_the_next(flat_converted, tmp_path, backend):
+    """max_steps_per_epoch (and an accumulation remainder) abandon an epoch mid-way."""
+    data, _, _ = flat_converted
+    summary = Trainer(tiny(data, tmp_path, backend=backend, workers=2, batch_size=4, micro_batch=4, epochs=3,
+                           max_steps_per_epoch=2)).fit()
+    assert summary["updates"] == 6 and len(summary["epochs"]) == 3
+    assert all(0 <= float(r["top1"]) <= 100 and math.isfinite(float(r["eval_loss"])) for r in summary["epochs"])
