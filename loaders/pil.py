@@ -36,11 +36,15 @@ def _seeded(seed: int):
     RandAugment uses all three), then put the process's RNG state back. Augmentations then
     depend on (seed, epoch, index) only: not on the worker count, nor on a resume."""
     states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(seed), np.random.seed(seed % 2**32), random.seed(seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
     try:
         yield
     finally:
-        torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
 
 
 class _ImageFolder(datasets.ImageFolder):
