@@ -70,6 +70,9 @@ class RunLog:
         ax[1].set(title="val accuracy (%)", xlabel="epoch")
         ax[2].plot(epochs, col("images_per_s"), "o-")
         ax[2].set(title="train images/s", xlabel="epoch")
+        from matplotlib.ticker import MaxNLocator
+        for a in ax:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
         for a in ax[:2]:
             a.legend()
         fig.tight_layout()
