@@ -134,3 +134,27 @@ def test_estimate_cost_cli():
     bad = cli("estimate_cost.py", "--gpu", "tpu-v9")
     assert bad.returncode == 2 and "unknown GPU" in bad.stderr
     assert cli("profile_gpu.py", "--help").returncode == 0
+
+
+def test_telemetry_samples_and_summarizes_what_nvml_reports(monkeypatch):
+    """The sampling thread against a stand-in NVML (no GPU here): values, spread, throttle share."""
+    import time
+    from types import SimpleNamespace
+
+    import pynvml
+    clocks = iter(range(1000, 100000, 10))
+    fake = {"nvmlInit": lambda: None, "nvmlDeviceGetHandleByIndex": lambda i: "gpu0",
+            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=97, memory=60),
+            "nvmlDeviceGetCurrentClocksEventReasons": lambda h: pynvml.nvmlClocksEventReasonSwPowerCap,
+            "nvmlDeviceGetClockInfo": lambda h, kind: next(clocks) if kind == pynvml.NVML_CLOCK_SM else 1593,
+            "nvmlDeviceGetPowerUsage": lambda h: 69_500, "nvmlDeviceGetTemperature": lambda h, kind: 71,
+            "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=9e9, total=16e9)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    with Telemetry(interval_s=0.01) as tel:
+        time.sleep(0.2)
+    s = tel.summary()
+    assert s["available"] and s["samples"] >= 5
+    assert s["power_w"]["median"] == 69.5 and s["gpu_util"]["median"] == 97 and s["temperature_c"]["max"] == 71
+    assert s["sm_clock_mhz"]["min"] == 1000 and s["sm_clock_mhz"]["max"] > 1000
+    assert s["memory_used_gb"]["median"] == 9.0 and s["throttle_share"] == {"power cap": 1.0}
