@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,11 @@ class Trainer:
             self._restore(checkpoint.load(self.out / "last.pt"))
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
         if self.dist.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.describe(), sort_keys=False))
+            info = self.describe()
+            (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            if info["not_applied_by_backend"]:
+                warnings.warn(f"the {cfg.backend} loader does not apply {info['not_applied_by_backend']}, which "
+                              "the recipe asks for (README: augmentations by backend)", stacklevel=2)
 
     def _peak_flops(self) -> float | None:
         """This device's catalog peak at the run's precision (for MFU), if the catalog knows it."""
