@@ -236,8 +236,8 @@ class Trainer:
                                "images_per_s": rate, "mfu": self.mfu(rate, size), "image_size": size})
         del batches  # abandon the rest (accumulation remainder, max_steps_per_epoch)
         elapsed = time.perf_counter() - start
-        totals = self.dist.sum([sums["loss"], sums["updates"]], self.device)
-        return {"train_loss": totals[0] / max(1, totals[1]), "images_per_s": sums["images"] / elapsed,
+        loss_sum, updates = self.dist.sum([sums["loss"], sums["updates"]], self.device)
+        return {"train_loss": loss_sum / max(1, updates), "images_per_s": sums["images"] / elapsed,
                 "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": sums["nonfinite"],
                 "scaler_skipped": sums["scaler_skipped"]}
 
