@@ -135,27 +135,14 @@ def decode_rate_one_core(jpgs: list[bytes], repeats: int = 3) -> float:
 
 
 def model_rate(name: str, size: int, args) -> float:
-    """Training steps/s x batch of `name` on the present device (fwd + bwd + AdamW, channels_last)."""
-    from fastmix.model import create_model
+    """Training images/s of `name` on the present device (fwd + bwd + AdamW, channels_last):
+    the profiler's own step. fp16 on CUDA (a T4 has no bf16); fp32 on CPU, where bf16
+    without AMX ran 23x slower."""
+    from fastmix.profiler import ProfileSpec, build_step, time_steps
     device = torch.device(args.device)
-    model = create_model(name, num_classes=100).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(args.model_batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (args.model_batch,), device=device)
-    # fp16 autocast on CUDA (a T4 has no bf16); fp32 on CPU, where bf16 without AMX ran 23x slower.
-    amp = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
-    times = []
-    for step in range(args.model_steps + 1):
-        t0 = time.perf_counter()
-        with amp:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step:  # the first step is warm-up
-            times.append(time.perf_counter() - t0)
+    spec = ProfileSpec(name, args.model_batch, size, "fp16" if device.type == "cuda" else "fp32", "on")
+    step, _ = build_step(spec, device)
+    times, _ = time_steps(step, device, args.model_steps, warmup=1)
     return args.model_batch / float(np.median(times))
 
 

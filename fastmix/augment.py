@@ -17,13 +17,14 @@ from .recipe import TrainConfig
 
 class BatchAugment:
     def __init__(self, cfg: TrainConfig, num_classes: int, device: torch.device):
+        self.device = str(device)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                                num_classes=num_classes)
         self.erase = None
         if cfg.reprob > 0:  # 'pixel': per-pixel normal noise, right for normalized inputs
-            self.erase = RandomErasing(cfg.reprob, mode="pixel", max_count=1, device=str(device))
+            self.erase = RandomErasing(cfg.reprob, mode="pixel", max_count=1, device=self.device)
         self.loss = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -38,9 +39,6 @@ class BatchAugment:
 
     @property
     def names(self) -> dict[str, str]:
-        out = {}
-        if self.erase is not None:
-            out["random-erasing"] = self.erase.device
-        if self.mixup is not None:
-            out["mixup/cutmix"] = "device"
-        return out
+        """What this applies, name -> where (the training device), as loaders report theirs."""
+        names = ["random-erasing"] * (self.erase is not None) + ["mixup/cutmix"] * (self.mixup is not None)
+        return dict.fromkeys(names, self.device)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import Device
-from .flops import Op, convmixer_ops, totals
+from .flops import Op, convmixer_ops, totals, training_memory_bytes
 from .model import VARIANTS, ConvMixerConfig
 
 CLASSES = ("gemm", "depthwise", "elementwise", "optimizer")
@@ -119,7 +119,6 @@ def predict_run(model: str, gpu: Device, precision: str, batch: int = 64, micro_
 
 def training_memory_gb(model: str, micro_batch: int, precision: str, image_size: int = 224,
                        num_classes: int = 100) -> float:
-    from .flops import training_memory_bytes
     ops = convmixer_ops(_resolve(model), image_size, num_classes)
     return training_memory_bytes(ops, micro_batch, BYTES[precision])["total"] / 1e9
 

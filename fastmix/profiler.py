@@ -136,18 +136,8 @@ def ceilings(device: torch.device, precision: str) -> dict:
     src = torch.empty(size // 4, device=device, dtype=torch.float32).fill_(1)
     dst = torch.empty_like(src)
 
-    def best(fn, reps):
-        fn()
-        speed.sync(device)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            speed.sync(device)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-    mm = best(lambda: a @ b, 10)
-    cp = best(lambda: dst.copy_(src), 10)
+    mm = speed.median_seconds(lambda: a @ b, device, reps=10, warmup=1)
+    cp = speed.median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1)
     return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
             "copy_gbs": 2 * size / cp / 1e9, "copy_bytes": size}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 import time
 
 import torch
@@ -58,21 +59,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> float:
+    """Median wall seconds of `fn()` after `warmup` calls, the device synchronized around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def time_train_steps(model: nn.Module, x: torch.Tensor, precision: str, steps: int = 5, warmup: int = 2) -> float:
     """Median seconds of forward + backward on `x` (random labels), after `warmup` steps."""
     y = torch.randint(0, model.head.out_features, (x.shape[0],), device=x.device)
-    times = []
-    for i in range(warmup + steps):
-        sync(x.device)
-        t = time.perf_counter()
+
+    def step():
         with autocast(precision, x.device):
             loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
-        sync(x.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(step, x.device, steps, warmup)
 
 
 def choose_channels_last(model: nn.Module, setting: str, device: torch.device, precision: str,

@@ -96,7 +96,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
 
-        self.peak_flops = self._peak_flops()
+        self.peak_flops, self._flops_per_image = self._peak_flops(), {}
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.nonfinite_in_row, self.update_times = 0, []
         if resume:
@@ -120,8 +120,9 @@ class Trainer:
         """Model FLOPs utilization, nanoGPT-style: analytic training FLOPs/s over the peak."""
         if self.peak_flops is None:
             return None
-        per_image = totals(convmixer_ops(self.model.config, size, self.num_classes)).train_model_flops
-        return images_per_s * per_image / self.peak_flops
+        if size not in self._flops_per_image:  # the op list is rebuilt once per resolution, not per log line
+            self._flops_per_image[size] = totals(convmixer_ops(self.model.config, size, self.num_classes)).train_model_flops
+        return images_per_s * self._flops_per_image[size] / self.peak_flops
 
     # -- data -----------------------------------------------------------------------------
     def _loader(self, split: str, size: int, **extra):
