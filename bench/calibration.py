@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.calibration import run_calibration  # noqa: E402
-from fastmix.profiler import ProfileSpec  # noqa: E402
+from fastmix.perf.calibration import run_calibration  # noqa: E402
+from fastmix.perf.profiler import ProfileSpec  # noqa: E402
 
 SPECS = [ProfileSpec("convmixer_768_32", 8, 96, "fp32", "off"),
          ProfileSpec("convmixer_1536_20", 8, 96, "fp32", "off"),

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmix.convert import ConvertConfig, convert
-from fastmix.images import open_rgb
-from fastmix.synth import demo_source
+from fastmix.data.convert import ConvertConfig, convert
+from fastmix.data.images import open_rgb
+from fastmix.data.synth import demo_source
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

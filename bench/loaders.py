@@ -138,7 +138,7 @@ def model_rate(name: str, size: int, args) -> float:
     """Training images/s of `name` on the present device (fwd + bwd + AdamW, channels_last):
     the profiler's own step. fp16 on CUDA (a T4 has no bf16); fp32 on CPU, where bf16
     without AMX ran 23x slower."""
-    from fastmix.profiler import ProfileSpec, build_step, time_steps
+    from fastmix.perf.profiler import ProfileSpec, build_step, time_steps
     device = torch.device(args.device)
     spec = ProfileSpec(name, args.model_batch, size, "fp16" if device.type == "cuda" else "fp32", "on")
     step, _ = build_step(spec, device)
@@ -192,7 +192,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def prepare_images(images: str) -> str:
     """Convert a flat folder of `<wnid>_*.JPEG` photos once (train split only) for benchmarking."""
     from bench.convert import as_imagefolder
-    from fastmix.convert import ConvertConfig, convert
+    from fastmix.data.convert import ConvertConfig, convert
     out = Path("data") / f"bench-{Path(images).name}"
     if not (out / "manifest.json").exists():
         # The symlink tree stays beside the output: the pil backend reads it as the ImageFolder.

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fastmix.images import prepare
-from fastmix.synth import jpeg_bytes, photo, quirk_bytes
+from fastmix.data.images import prepare
+from fastmix.data.synth import jpeg_bytes, photo, quirk_bytes
 
 
 @pytest.fixture(scope="module")

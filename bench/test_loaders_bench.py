@@ -5,8 +5,8 @@ One epoch of a small synthetic converted set per backend, at 224 px, after a war
 """
 import pytest
 
-from fastmix.convert import ConvertConfig, convert
-from fastmix.synth import write_imagefolder
+from fastmix.data.convert import ConvertConfig, convert
+from fastmix.data.synth import write_imagefolder
 from loaders import make_loader
 
 

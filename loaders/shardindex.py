@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmix.shards import read_index
+from fastmix.data.shards import read_index
 
 from .common import LoaderConfig, manifest_split
 

@@ -1,12 +1,12 @@
-"""Shared test data: small synthetic sources made by fastmix.synth (no ../shared, no downloads)."""
+"""Shared test data: small synthetic sources made by fastmix.data.synth (no ../shared, no downloads)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from fastmix.convert import ConvertConfig, convert
-from fastmix.synth import QUIRKS, write_imagefolder
+from fastmix.data.convert import ConvertConfig, convert
+from fastmix.data.synth import QUIRKS, write_imagefolder
 
 SIZES = [(500, 375), (200, 150), (375, 500), (640, 480)]  # 640 > max_side 512: re-encoded
 QUIRKS_AT = {k: "train" for k in QUIRKS} | {"cmyk": "val"}
@@ -65,7 +65,7 @@ def ids_of(images) -> list[int]:
 def flat_converted(tmp_path_factory):
     """Flat-colour images whose colour encodes a global id: (converted dir, source, id -> label)."""
     from PIL import Image
-    from fastmix.synth import class_wnids, jpeg_bytes
+    from fastmix.data.synth import class_wnids, jpeg_bytes
     root = tmp_path_factory.mktemp("flat")
     src, label_of, i = root / "src", {}, 0
     sizes = [(96, 72), (72, 96), (120, 90), (64, 64), (200, 100)]

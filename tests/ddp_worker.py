@@ -12,9 +12,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import torch  # noqa: E402
 
 from conftest import ids_of  # noqa: E402
-from fastmix import distributed  # noqa: E402
-from fastmix.recipe import TrainConfig  # noqa: E402
-from fastmix.train import Trainer  # noqa: E402
+from fastmix.train import distributed  # noqa: E402
+from fastmix.train.recipe import TrainConfig  # noqa: E402
+from fastmix.train.trainer import Trainer  # noqa: E402
 
 
 def main(data: str, out: str) -> None:

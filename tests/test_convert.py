@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fastmix.convert import ConvertError, convert
-from fastmix.shards import read_samples
-from fastmix.synth import QUIRKS, class_wnids, write_imagefolder
-from fastmix.verify import verify
+from fastmix.data.convert import ConvertError, convert
+from fastmix.data.shards import read_samples
+from fastmix.data.synth import QUIRKS, class_wnids, write_imagefolder
+from fastmix.data.verify import verify
 from layouts import to_archives, to_kaggle
 from conftest import kill_when_exists, small_config
 
@@ -184,8 +184,8 @@ def test_cli_help_and_clear_error(tmp_path):
 
 def test_beton_decode_ahead_stays_bounded_with_scattered_requests(imagefolder_source, tmp_path):
     """Several ffcv writer processes ask for scattered chunks; prefetched images must not pile up."""
-    from fastmix.beton import _SourceImages
-    from fastmix.convert import plan
+    from fastmix.data.beton import _SourceImages
+    from fastmix.data.convert import plan
     _, _, _, plans = plan(small_config(imagefolder_source, tmp_path / "o"))
     items = [i for i in plans["val"].items]
     images = _SourceImages(items, [0] * len(items), 512, 0, tmp_path / "err", threads=2)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastmix.calibration import run_calibration
-from fastmix.catalog import load_catalog, lookup
-from fastmix.cost import Efficiency, predict_run, predict_step, reproduce_report
-from fastmix.flops import convmixer_ops, counted_flops, totals
-from fastmix.model import VARIANTS, create_model, num_params
-from fastmix.profiler import ProfileSpec
-from fastmix.telemetry import Telemetry, device_info
+from fastmix.perf.calibration import run_calibration
+from fastmix.devices.catalog import load_catalog, lookup
+from fastmix.perf.cost import Efficiency, predict_run, predict_step, reproduce_report
+from fastmix.model.flops import convmixer_ops, counted_flops, totals
+from fastmix.model.convmixer import VARIANTS, create_model, num_params
+from fastmix.perf.profiler import ProfileSpec
+from fastmix.devices.telemetry import Telemetry, device_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastmix.images import Rejected, prepare
-from fastmix.synth import QUIRKS, jpeg_bytes, photo, quirk_bytes
+from fastmix.data.images import Rejected, prepare
+from fastmix.data.synth import QUIRKS, jpeg_bytes, photo, quirk_bytes
 
 
 @pytest.mark.parametrize("kind", sorted(QUIRKS))

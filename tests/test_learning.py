@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from fastmix.recipe import TrainConfig
-from fastmix.synth import class_wnids
-from fastmix.train import Trainer
+from fastmix.train.recipe import TrainConfig
+from fastmix.data.synth import class_wnids
+from fastmix.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from fastmix.model import VARIANTS, ConvMixer, create_model, num_params
+from fastmix.model.convmixer import VARIANTS, ConvMixer, create_model, num_params
 
 TIMM_VARIANTS = ["convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14"]
 PUBLISHED_M = {"convmixer_1536_20": 51.63, "convmixer_768_32": 21.11, "convmixer_1024_20_ks9_p14": 24.38}

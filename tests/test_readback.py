@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastmix.shards import index_text, read_samples
+from fastmix.data.shards import index_text, read_samples
 
 
 def shard_labels(out: Path, manifest: dict, split: str) -> list[int]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.convert import ConvertConfig, ConvertError, convert  # noqa: E402
-from fastmix.sources import LAYOUTS, SPLITS  # noqa: E402
+from fastmix.data.convert import ConvertConfig, ConvertError, convert  # noqa: E402
+from fastmix.data.sources import LAYOUTS, SPLITS  # noqa: E402
 
 D = ConvertConfig("", "")
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     demo = a.source is None
     if demo:
-        from fastmix.synth import demo_source
+        from fastmix.data.synth import demo_source
         print("No --source: converting the embedded synthetic demo source.")
         a.source = str(demo_source(a.demo_cache))
     out = a.out or ("data/demo" if demo else "data/imagenet100")
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         return 2
     print(summary(manifest, out))
     if a.verify:
-        from fastmix.verify import verify
+        from fastmix.data.verify import verify
         problems = verify(out)
         for line in problems:
             print(f"verify: {line}", file=sys.stderr)

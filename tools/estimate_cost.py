@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.catalog import load_catalog  # noqa: E402
-from fastmix.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_GMACS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
+from fastmix.devices.catalog import load_catalog  # noqa: E402
+from fastmix.perf.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_GMACS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
                           largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
 
 MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--precision", default="auto", help="auto (fp16 without bf16, else bf16), fp32, fp16, bf16")
     p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
-    p.add_argument("--catalog", help="YAML merged over fastmix/gpus.yaml (prices, new GPUs)")
+    p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml (prices, new GPUs)")
     p.add_argument("--json", action="store_true", help="JSON instead of a markdown table")
     p.add_argument("--reproduce-report", action="store_true",
                    help="the reference report's Table 2 under its own convention, next to the corrected one")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.profiler import ProfileSpec  # noqa: E402
+from fastmix.perf.profiler import ProfileSpec  # noqa: E402
 
 DEFAULT = ["convmixer_768_32:64", "convmixer_1536_20:64", "convmixer_1024_20_ks9_p14:64",
            "convmixer_768_32:32", "convmixer_768_32:128"]
@@ -44,11 +44,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto")
-    p.add_argument("--catalog", help="YAML merged over fastmix/gpus.yaml")
+    p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml")
     p.add_argument("--out", default="runs/calibration")
     args = p.parse_args(argv)
-    from fastmix.calibration import run_calibration
-    from fastmix.model import VARIANTS
+    from fastmix.perf.calibration import run_calibration
+    from fastmix.model.convmixer import VARIANTS
     try:
         specs = [parse_spec(c, args.precision, args.channels_last, args.compile) for c in args.config or DEFAULT]
         unknown = [s.model for s in specs if s.model not in VARIANTS]

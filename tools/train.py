@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a ConvMixer on a converted dataset with a recipe (fastmix/recipes/*.yaml).
+"""Train a ConvMixer on a converted dataset with a recipe (fastmix/train/recipes/*.yaml).
 
 Examples:
   tools/train.py --recipe cpu-smoke                                   # the demo data, on CPU
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.recipe import RECIPES, load_recipe, parse_sets  # noqa: E402
+from fastmix.train.recipe import RECIPES, load_recipe, parse_sets  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 2
-    from fastmix import distributed
-    from fastmix.train import NonFiniteLoss, Trainer
+    from fastmix.train import distributed
+    from fastmix.train.trainer import NonFiniteLoss, Trainer
     try:
         trainer = Trainer(cfg, resume=args.resume)
         summary = trainer.fit()

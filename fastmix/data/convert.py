@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import __version__
+from fastmix import __version__
 from .images import Rejected, prepare
 from .shards import Sample, shard_name, write_shard
 from .sources import SPLITS, Item, Source, SourceError, open_source, select_classes

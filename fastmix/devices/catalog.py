@@ -1,4 +1,4 @@
-"""The device catalog (fastmix/gpus.yaml): peaks, bandwidth, memory, price, each with its source.
+"""The device catalog (fastmix/devices/gpus.yaml): peaks, bandwidth, memory, price, each with its source.
 
 `load_catalog(path)` merges a user's YAML over the built-in one (field by field), so a user can
 fix a price or add a GPU without copying the file. `FASTMIX_CATALOG` names such a file too.

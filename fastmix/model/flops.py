@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import VARIANTS, ConvMixerConfig
+from .convmixer import VARIANTS, ConvMixerConfig
 
 MODEL_KINDS = ("stem", "depthwise", "pointwise", "head")          # conv / matmul: model FLOPs
 ELEMENTWISE_KINDS = ("batchnorm", "activation", "residual", "pool")

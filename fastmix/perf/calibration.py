@@ -3,7 +3,7 @@
     run_calibration([ProfileSpec("convmixer_768_32", 64, precision="bf16"), ...], out="runs/calib")
 
 writes `calibration.json` (device, driver, versions, ceilings, every measurement, the fitted
-efficiencies; fastmix.cost.Efficiency.load reads it back), `predicted_vs_measured.md` and `.png`.
+efficiencies; fastmix.perf.cost.Efficiency.load reads it back), `predicted_vs_measured.md` and `.png`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .catalog import load_catalog, present_device
+from fastmix.devices.catalog import load_catalog, present_device
+from fastmix.train.speed import resolve_device
+
 from .cost import Efficiency, predict_step
 from .profiler import ProfileSpec, calibrate, ceilings, environment, measure
 
@@ -20,7 +22,6 @@ from .profiler import ProfileSpec, calibrate, ceilings, environment, measure
 def run_calibration(specs: list[ProfileSpec], out: str | Path, calibrate_on: int = 0, steps: int = 20,
                     warmup: int = 5, device: str = "auto", catalog: str | None = None,
                     with_ceilings: bool = True) -> dict:
-    from .speed import resolve_device
     dev = resolve_device(device)
     gpu = present_device(load_catalog(catalog)) if dev.type == "cuda" else load_catalog(catalog)["cpu"]
     measurements = []

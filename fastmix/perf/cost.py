@@ -2,7 +2,7 @@
 
     time(op) = max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x memory efficiency))
 
-Ops come from fastmix.flops (a multiply-add = 2 FLOPs). GEMM-like ops (patch embedding,
+Ops come from fastmix.model.flops (a multiply-add = 2 FLOPs). GEMM-like ops (patch embedding,
 pointwise convs, classifier) run at the tensor-core peak of the precision; depthwise convs
 and elementwise ops at the fp32 (CUDA-core) peak, and are in practice bandwidth-bound. The
 efficiencies are per op class; they come from a calibration file (tools/profile_gpu.py) when
@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import Device
-from .flops import Op, convmixer_ops, totals, training_memory_bytes
-from .model import VARIANTS, ConvMixerConfig
+from fastmix.devices.catalog import Device
+from fastmix.model.convmixer import VARIANTS, ConvMixerConfig
+from fastmix.model.flops import Op, convmixer_ops, totals, training_memory_bytes
 
 CLASSES = ("gemm", "depthwise", "elementwise", "optimizer")
 CLASS_OF = {"stem": "gemm", "pointwise": "gemm", "head": "gemm", "depthwise": "depthwise",

@@ -5,7 +5,7 @@ cuDNN autotuning), then time many full steps (forward, backward, optimizer) with
 (CPU: wall clock; CPU work is synchronous). Report the median and spread, achieved TFLOP/s
 (analytic model FLOPs / time) and MFU against the catalog peak, NVML telemetry, and a
 per-op-class breakdown from torch.profiler. `calibrate` turns one configuration's breakdown
-into per-class efficiencies for fastmix.cost; `run_calibration` then predicts the others.
+into per-class efficiencies for fastmix.perf.cost; `run_calibration` then predicts the others.
 """
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from . import speed
-from .catalog import Device
+from fastmix.devices.catalog import Device
+from fastmix.devices.telemetry import Telemetry, device_info
+from fastmix.model.convmixer import VARIANTS, create_model
+from fastmix.model.flops import convmixer_ops, totals
+from fastmix.train import speed
+from fastmix.train.optim import build_optimizer
+from fastmix.train.recipe import TrainConfig
+
 from .cost import CLASSES, DEFAULT_EFFICIENCY, Efficiency, num_ops, predict_step
-from .flops import convmixer_ops, totals
-from .model import VARIANTS, create_model
-from .optim import build_optimizer
-from .recipe import TrainConfig
-from .telemetry import Telemetry
 
 
 @dataclass
@@ -189,7 +190,6 @@ def calibrate(m: dict, gpu: Device) -> Efficiency:
 
 
 def environment(device: torch.device) -> dict:
-    from .telemetry import device_info
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "cpu": _cpu_name(), "threads": torch.get_num_threads()}
     if device.type == "cuda":

@@ -1,4 +1,4 @@
-"""One training config type, filled from a recipe YAML (fastmix/recipes/*.yaml) plus overrides.
+"""One training config type, filled from a recipe YAML (fastmix/train/recipes/*.yaml) plus overrides.
 
     cfg = load_recipe("t4", model="convmixer_768_32", data="data/imagenet100")
 
@@ -54,7 +54,7 @@ class TrainConfig:
     hflip: bool = True
     ema: bool = False
     ema_decay: float = 0.9999
-    # speed (see fastmix/speed.py)
+    # speed (see fastmix/train/speed.py)
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     precision: str = "auto"                  # auto | fp32 | bf16 | fp16
     channels_last: str = "auto"              # auto (measured) | on | off

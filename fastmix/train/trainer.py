@@ -1,7 +1,6 @@
 """The training loop: any loaders/ backend, AMP, channels_last, torch.compile, accumulation, DDP.
 
-    from fastmix.recipe import load_recipe
-    from fastmix.train import Trainer
+    from fastmix import Trainer, load_recipe
     Trainer(load_recipe("t4", model="convmixer_768_32", data="data/imagenet100")).fit()
 
 One optimizer update = `accum_steps` micro-batches; the optimizer, the schedule, EMA and the
@@ -26,13 +25,13 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from fastmix.devices.catalog import load_catalog, present_device
+from fastmix.model.convmixer import create_model
+from fastmix.model.flops import convmixer_ops, totals
 from loaders import make_loader
 
 from . import checkpoint, distributed, speed
 from .augment import BatchAugment
-from .catalog import load_catalog, present_device
-from .flops import convmixer_ops, totals
-from .model import create_model
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
 from .runlog import RunLog

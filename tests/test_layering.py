@@ -1,0 +1,92 @@
+"""The stages are a one-way chain: a module imports only its own stage and the stages below it.
+
+    fastmix.model, fastmix.devices   0  shared base (neither imports the other)
+    fastmix.data                     1  convert
+    loaders                          2  load
+    fastmix.train                    3  train
+    fastmix.perf                     4  profile and cost
+    tools/, bench/                      thin CLIs and measurements: may import anything, and
+                                        nothing in the library imports them
+
+Read from the import statements (ast), so a lazy import inside a function counts too.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fastmix
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = {"fastmix.model": 0, "fastmix.devices": 0, "fastmix.data": 1, "loaders": 2, "fastmix.train": 3,
+        "fastmix.perf": 4, "tools": 5, "bench": 5}
+
+
+def stage_of(module: str) -> str | None:
+    return next((s for s in sorted(RANK, key=len, reverse=True) if module == s or module.startswith(s + ".")), None)
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path, root: Path) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import in the file, relative ones resolved; a name taken
+    from the `fastmix` package itself counts as the module it is loaded from."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                if stage_of(full):
+                    out.append((node.lineno, full))
+                elif base == "fastmix" and a.name in fastmix._PUBLIC:
+                    out.append((node.lineno, fastmix._PUBLIC[a.name]))
+                else:
+                    out.append((node.lineno, base))
+    return out
+
+
+def violations(root: Path) -> list[str]:
+    found = []
+    for path in sorted([*root.glob("fastmix/**/*.py"), *root.glob("loaders/**/*.py")]):
+        src = stage_of(module_name(path, root))
+        if src is None:  # fastmix/__init__.py: the public entry points, above every stage
+            continue
+        for line, module in imported(path, root):
+            dst = stage_of(module)
+            if dst is None or dst == src:
+                continue
+            if RANK[dst] > RANK[src] or RANK[dst] == RANK[src]:
+                found.append(f"{path.relative_to(root)}:{line}: {src} (stage {RANK[src]}) imports {module} "
+                             f"(stage {RANK[dst]})")
+    return found
+
+
+def test_no_stage_imports_a_stage_above_it():
+    assert violations(ROOT) == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    """The checker itself: an upward import, relative or absolute, lazy or not, is reported."""
+    for package in ("fastmix/model", "fastmix/train", "fastmix/perf", "loaders"):
+        (tmp_path / package).mkdir(parents=True)
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "fastmix/perf/cost.py").write_text("X = 1\n")
+    (tmp_path / "fastmix/train/trainer.py").write_text("def mfu():\n    from ..perf import cost\n")
+    (tmp_path / "fastmix/model/convmixer.py").write_text("import fastmix.train.trainer\n")
+    (tmp_path / "loaders/common.py").write_text("from fastmix import Trainer\n")
+    (tmp_path / "fastmix/perf/ok.py").write_text("from ..train import trainer\nfrom . import cost\n")
+    found = violations(tmp_path)
+    assert len(found) == 3, found
+    assert any("trainer.py:2" in f and "fastmix.perf.cost" in f for f in found)
+    assert any("convmixer.py:1" in f for f in found) and any("common.py:1" in f for f in found)
