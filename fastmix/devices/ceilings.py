@@ -1,0 +1,46 @@
+"""A device's own ceilings, measured: a large matmul (TFLOP/s) and a large copy (GB/s, read + write).
+
+Catalog peaks are datasheet numbers; these are what this device (or this host's CPU) reaches,
+so MFU can be stated against both.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> float:
+    """Median wall seconds of `fn()` after `warmup` calls, the device synchronized around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ceilings(device: torch.device, precision: str, n: int | None = None, nbytes: int | None = None) -> dict:
+    """Median of 10 repeats after warm-up, on random data. Defaults: an 8192^2 matmul and a 1 GiB
+    copy on CUDA; 1024^2 and 128 MiB on a CPU."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
+    src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).fill_(1)
+    dst = torch.empty_like(src)
+    mm = median_seconds(lambda: a @ b, device, reps=10, warmup=1)
+    cp = median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1)
+    return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
+            "copy_gbs": 2 * nbytes / cp / 1e9, "copy_bytes": nbytes}

@@ -1,0 +1,80 @@
+"""`python -m bench.gpu --smoke`: the GPU suite's code paths on the CPU, so it cannot rot while no GPU
+is at hand. Every phase is measured (positive, finite headline numbers), skipped with a reason, or
+recorded with its traceback; a short budget skips late phases and still writes valid outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.gpu.runner import Phase, Suite, headline_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(out: Path, *extra: str) -> dict:
+    run = subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out), *extra], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "summary.md").is_file()
+    return json.loads((out / "gpu.json").read_text())
+
+
+def test_smoke_run_measures_every_phase(tmp_path):
+    record = smoke(tmp_path, "--budget-s", "900")  # generous: CI machines are slow and shared
+    assert headline_problems(record) == []
+    phases = record["phases"]
+    assert [p["phase"] for p in record["plan"]] == list(phases)
+    for name in ("environment", "ceilings", "matrix", "cost", "loaders", "t4_fit", "end_to_end", "compiled"):
+        assert phases[name]["status"] == "ok", (name, phases[name])
+    assert phases["memory"]["status"] == "skipped" and "CUDA" in phases["memory"]["reason"]
+    cells = phases["matrix"]["result"]["cells"]
+    assert {(c["layout"], c["precision"]) for c in cells} == {(lay, p) for lay in ("nchw", "channels_last")
+                                                              for p in ("fp32", "bf16")}
+    assert all(c["p10_s"] <= c["median_s"] <= c["p90_s"] for c in cells)
+    assert phases["compiled"]["result"]["cells"][0]["compile_s"] > 0
+    assert json.loads((tmp_path / "calibration.json").read_text())["efficiency"]
+    assert phases["end_to_end"]["result"]["updates"] >= 6
+    assert all(r["fits"] for r in phases["t4_fit"]["result"]["rows"])
+    for chart in record["suite"]["charts"]:
+        assert (tmp_path / chart).stat().st_size > 0
+    assert {"matrix.png", "cost.png", "loaders.png"} <= set(record["suite"]["charts"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Training-step matrix" in summary and "## Loaders" in summary
+
+
+def test_a_short_budget_skips_late_phases_with_a_reason(tmp_path):
+    record = smoke(tmp_path, "--budget-s", "3")
+    assert headline_problems(record) == []
+    phases = record["phases"]
+    assert phases["environment"]["status"] == "ok"
+    skipped = [n for n, p in phases.items() if p["status"] == "skipped"]
+    assert "end_to_end" in skipped and "compiled" in skipped
+    assert all("would not fit" in phases[n]["reason"] or "CUDA" in phases[n]["reason"] for n in skipped)
+
+
+def test_a_phase_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
+    def broken(ctx):
+        raise RuntimeError("cuDNN exploded")
+
+    class Ctx:
+        results: dict = {}
+    phases = [Phase("first", lambda ctx: {"headline": {"x": 1.0}}, 1, 1, ""),
+              Phase("broken", broken, 1, 1, ""),
+              Phase("after", lambda ctx: {"headline": {"seen": float(len(ctx.results))}}, 1, 1, "")]
+    record = Suite(phases, Ctx(), tmp_path, budget_s=60, smoke=True).run()
+    assert [p["status"] for p in record["phases"].values()] == ["ok", "error", "ok"]
+    assert "cuDNN exploded" in record["phases"]["broken"]["error"]
+    assert "Traceback" in record["phases"]["broken"]["traceback"]
+    assert record["phases"]["after"]["result"]["headline"]["seen"] == 2.0  # it saw the earlier records
+    assert json.loads((tmp_path / "gpu.json").read_text())["phases"]["broken"]["status"] == "error"
+
+
+def test_the_record_check_catches_empty_and_fake_numbers():
+    bad = {"phases": {"a": {"status": "ok", "result": {"headline": {"img/s": 0}}},
+                      "b": {"status": "ok", "result": {"headline": {"t": float("nan")}}},
+                      "c": {"status": "skipped", "reason": ""},
+                      "d": {"status": "error", "traceback": ""},
+                      "e": {"status": "ok", "result": {}}}}
+    assert len(headline_problems(bad)) == 5
