@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.decode import decode_rate_per_core
 from fastmix.data.convert import ConvertConfig, convert
 from fastmix.data.images import open_rgb
 from fastmix.data.synth import demo_source
@@ -75,17 +76,14 @@ def size_quality_table(files: list[Path], sides: list[int], qualities: list[int]
         for q in qualities:
             encoded = [cv2.imencode(".jpg", cv2.cvtColor(a, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, q])[1] for a in arrays]
-            dt = float("inf")
-            for _ in range(repeats):  # best of N: this machine is noisy
-                t0 = time.perf_counter()
-                decoded = [cv2.imdecode(e, cv2.IMREAD_COLOR) for e in encoded]
-                dt = min(dt, time.perf_counter() - t0)
+            rate = decode_rate_per_core(encoded, repeats)
+            decoded = [cv2.imdecode(e, cv2.IMREAD_COLOR) for e in encoded]
             err = [np.mean((d[..., ::-1].astype(np.float32) - a) ** 2) for d, a in zip(decoded, arrays)]
             psnr = float(np.mean([10 * np.log10(255 ** 2 / max(e, 1e-6)) for e in err]))
             rows.append({"max_side": side, "quality": q,
                          "kb_per_image": round(float(np.mean([e.nbytes for e in encoded])) / 1e3, 1),
                          "raw_kb_per_image": round(float(np.mean([a.nbytes for a in arrays])) / 1e3, 1),
-                         "decode_images_per_s_1core": round(len(encoded) / dt, 1),
+                         "decode_images_per_s_1core": round(rate, 1),
                          "psnr_db": round(psnr, 2)})
             print(rows[-1])
     return rows

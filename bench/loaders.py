@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.decode import decode_rate_per_core
 from loaders import make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,14 +91,17 @@ def measure(backend: str, data: str, size: int, args) -> dict:
     t0 = time.perf_counter()
     run_epoch(loader)  # warm-up: compilation, pipeline build, first reads
     first = time.perf_counter() - t0
-    c0, t0, n = cpu_seconds(), time.perf_counter(), 0
-    for e in range(args.epochs):
-        loader.set_epoch(e + 1)
+    c0, t0, n, e = cpu_seconds(), time.perf_counter(), 0, 0
+    # At least `epochs` epochs and `min_seconds` of wall time: CPU time is counted in 10 ms ticks
+    # per process, so a window of milliseconds (the synthetic loader) would report nonsense cores.
+    while e < args.epochs or time.perf_counter() - t0 < getattr(args, "min_seconds", 2.0):
+        e += 1
+        loader.set_epoch(e)
         n += run_epoch(loader)
     wall = time.perf_counter() - t0
     return {"backend": backend, "image_size": size, "images_per_s": round(n / wall, 1),
             "first_epoch_s": round(first, 2), "cpu_cores_used": round((cpu_seconds() - c0) / wall, 2),
-            "peak_rss_mb": round(rss.stop()), "images": n}
+            "peak_rss_mb": round(rss.stop()), "images": n, "epochs": e, "seconds": round(wall, 2)}
 
 
 def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
@@ -121,19 +125,6 @@ def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
     return out
 
 
-def decode_rate_one_core(jpgs: list[bytes], repeats: int = 3) -> float:
-    import cv2
-    cv2.setNumThreads(1)
-    arrays = [np.frombuffer(b, np.uint8) for b in jpgs]
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for a in arrays:
-            cv2.imdecode(a, cv2.IMREAD_COLOR)
-        best = min(best, time.perf_counter() - t0)
-    return len(arrays) / best
-
-
 def model_rate(name: str, size: int, args) -> float:
     """Training images/s of `name` on the present device (fwd + bwd + AdamW, channels_last):
     the profiler's own step. fp16 on CUDA (a T4 has no bf16); fp32 on CPU, where bf16
@@ -146,11 +137,21 @@ def model_rate(name: str, size: int, args) -> float:
     return args.model_batch / float(np.median(times))
 
 
-def verdicts(rows: list[dict]) -> None:
+def significant(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def verdicts(rows: list[dict], cpu_count: int) -> None:
+    """Per row: loader- or compute-bound, and the cores this loader needs to feed the model
+    (model img/s over the loader's img/s per core used). A row claiming more cores than the
+    machine has is a measurement error, and is refused rather than printed."""
     for r in rows:
+        if r["cpu_cores_used"] > cpu_count * 1.05:
+            raise ValueError(f"{r['backend']} at {r['image_size']} px: {r['cpu_cores_used']} cores used on a "
+                             f"{cpu_count}-core machine (measurement window too short?)")
         r["bound"] = "loader-bound" if r["images_per_s"] < r["model_images_per_s"] else "compute-bound"
-        per_core = r["images_per_s"] / max(r["cpu_cores_used"], 1e-6)
-        r["cores_to_feed_model"] = round(r["model_images_per_s"] / per_core, 2)
+        per_core = r["images_per_s"] / max(r["cpu_cores_used"], 0.01)
+        r["cores_to_feed_model"] = significant(r["model_images_per_s"] / per_core)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -182,7 +183,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot([s_i - 0.1, s_i + 0.9], [m, m], color="r", lw=2, label="model train step" if s_i == 0 else None)
     ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"{s}px" for s in sizes])
     ax.set_yscale("log")  # synthetic is orders of magnitude above the rest
-    ax.set(ylabel="images / s (log)", title=f"Loader throughput ({rows[0]['device']}, {rows[0]['cpus']} CPUs)")
+    ax.set(ylabel="images / s (log)",
+           title=f"Loader throughput ({rows[0]['device']}, {rows[0]['workers']} workers on {rows[0]['cpu_count']} cores)")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one")
+    p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this much steady-state time")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float16" if torch.cuda.is_available() else "float32")
@@ -227,8 +230,9 @@ def main(argv=None) -> int:
     if a.imagefolder is None and manifest["source"]["layout"] == "imagefolder":
         a.imagefolder = manifest["source"]["path"]
     backends = [b for b in a.backends.split(",") if b != "dali-gpu" or a.device.startswith("cuda")]
-    jpegs = stored_jpegs(data, limit=400)
-    limits = {fmt: decode_rate_one_core(b) * a.workers for fmt, b in jpegs.items()}
+    jpegs = stored_jpegs(data, limit=100_000)  # every stored file (the decode limit's files: README)
+    per_core = {fmt: decode_rate_per_core(b) for fmt, b in jpegs.items()}
+    limits = {fmt: rate * a.workers for fmt, rate in per_core.items()}
     sizes = [int(s) for s in a.sizes.split(",")]
     rows = []
     for size in sizes:
@@ -249,10 +253,14 @@ def main(argv=None) -> int:
     model_ips = {size: round(model_rate(a.model, size, a), 2) for size in sizes}
     for row in rows:
         row.update(model=a.model, model_images_per_s=model_ips[row["image_size"]], device=device_name,
-                   cpus=a.workers)
-    verdicts(rows)
+                   workers=a.workers, cpu_count=os.cpu_count())
+    verdicts(rows, os.cpu_count() or 1)
     result = {"data": data, "images": manifest["splits"]["train"]["written"], "device": device_name,
-              "workers": a.workers, "batch_size": a.batch_size, "dtype": a.dtype,
+              "workers": a.workers, "cpu_count": os.cpu_count(),
+              "decode_limit": {"method": "bench.decode: OpenCV imdecode (libjpeg-turbo), 1 thread, best of 5, x workers",
+                               "files": {fmt: f"{len(b)} JPEGs as stored in the {fmt} output"
+                                         for fmt, b in jpegs.items()},
+                               "per_core_images_per_s": {k: round(v, 1) for k, v in per_core.items()}}, "batch_size": a.batch_size, "dtype": a.dtype,
               "torch": torch.__version__, "platform": platform.platform(), "rows": rows}
     out = Path(a.out or RESULTS / f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
