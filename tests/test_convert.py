@@ -117,7 +117,8 @@ def _decoded(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_beton_images_match_the_shards(converted, split):
     """Sample i of the .beton is sample i of the shards: within JPEG tolerance of it (mean abs
-    difference < 4 levels; measured up to 1.7), and closer to it than to any other image."""
+    difference < 8 levels; measured up to 3.7, two q90 encodes of grainy images, while any two
+    different images here are 56 or more apart), and closer to it than to any other image."""
     from fastmix.data.beton import read_jpegs
     out, manifest = converted
     shards = [_decoded(s.jpeg) for s in shard_samples(out, manifest, split)]
@@ -125,7 +126,7 @@ def test_beton_images_match_the_shards(converted, split):
     assert len(beton) == len(shards) == manifest["splits"][split]["written"]
     for i, b in enumerate(beton):
         gaps = {j: float(np.abs(b - s).mean()) for j, s in enumerate(shards) if s.shape == b.shape}
-        assert gaps.get(i, np.inf) < 4, (split, i, gaps.get(i))
+        assert gaps.get(i, np.inf) < 8, (split, i, gaps.get(i))
         assert min(gaps, key=gaps.get) == i, (split, i)
 
 
