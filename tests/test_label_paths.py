@@ -134,6 +134,35 @@ def test_layout_detection_and_errors(sources, tmp_path):
         ImageFolderSource(tmp_path).items("val", [])
 
 
+def test_missing_parts_are_named(sources, tmp_path):
+    import shutil
+    import tarfile
+    wnids = class_wnids(CLASSES)
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(sources["kaggle"], kaggle)
+    (kaggle / "LOC_val_solution.csv").unlink()
+    with pytest.raises(SourceError, match=r"LOC_val_solution.csv: val labels not found"):
+        KaggleSource(kaggle).items("val", wnids)
+    shutil.rmtree(kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "val")
+    with pytest.raises(SourceError, match=r"CLS-LOC/val: val folder not found"):
+        KaggleSource(kaggle).items("val", wnids)
+    shutil.rmtree(kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "train")
+    with pytest.raises(SourceError, match=r"CLS-LOC/train: folder not found"):
+        KaggleSource(kaggle).classes()
+    unlabelled = to_kaggle(sources["imagefolder"], tmp_path / "unlabelled", drop_label=True)
+    with pytest.raises(SourceError, match=r"ILSVRC2012_val_00000002.JPEG: no val label in .*LOC_val_solution.csv"):
+        KaggleSource(unlabelled).items("val", wnids)
+    archives = tmp_path / "archives"
+    shutil.copytree(sources["archives"], archives)
+    (archives / "ILSVRC2012_img_val.tar").unlink()
+    with pytest.raises(SourceError, match=r"ILSVRC2012_img_val.tar: val archive not found"):
+        ArchiveSource(archives).items("val", wnids)
+    with tarfile.open(archives / "ILSVRC2012_devkit_t12.tar.gz", "w:gz"):
+        pass  # a devkit without its files
+    with pytest.raises(SourceError, match=r"devkit_t12.tar.gz: has no data/meta.mat"):
+        ArchiveSource(archives).classes()
+
+
 def test_select_classes(tmp_path):
     wnids = class_wnids(6)
     shuffled = wnids[::-1]
