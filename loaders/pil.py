@@ -17,14 +17,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
-from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
+from .common import MEAN, BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
 from .shardindex import ShardIndex
 
 
 def pil_transform(cfg: LoaderConfig):
     if cfg.is_train:
-        ops = [transforms.RandomResizedCrop(cfg.image_size, scale=cfg.scale, ratio=cfg.ratio),
-               transforms.RandomHorizontalFlip()]
+        ops = [transforms.RandomResizedCrop(cfg.image_size, scale=cfg.scale, ratio=cfg.ratio)]
+        ops += [transforms.RandomHorizontalFlip()] if cfg.hflip else []
+        if cfg.rand_augment:  # timm's, on the PIL crop, with the hparams timm's create_transform passes
+            from timm.data.auto_augment import rand_augment_transform
+            ops.append(rand_augment_transform(cfg.rand_augment, {
+                "translate_const": int(cfg.image_size * 0.45), "img_mean": tuple(round(255 * m) for m in MEAN)}))
     else:
         ops = [transforms.Resize(cfg.resize_to), transforms.CenterCrop(cfg.image_size)]
     return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device

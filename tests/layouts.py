@@ -32,11 +32,16 @@ def to_kaggle(root: Path, dest: Path, drop_label: bool = False) -> Path:
     return dest
 
 
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes | None]]) -> bytes:
+    """A tar of (name, data) members; data None makes a directory entry."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         for name, data in members:
             info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+                continue
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -50,16 +55,16 @@ def devkit_ids(wnids: list[str]) -> dict[str, int]:
 def to_archives(root: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     wnids = sorted(p.name for p in (root / "train").iterdir())
-    inner = [(f"{w}.tar", _tar_bytes([(f.name, f.read_bytes())
+    inner = [(f"{w}.tar", tar_bytes([(f.name, f.read_bytes())
                                       for f in sorted((root / "train" / w).iterdir())]))
              for w in wnids]
-    (dest / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(inner))
+    (dest / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(inner))
     ids = devkit_ids(wnids)
-    val, truth = [], []
+    val, truth = [("extras", None)], []  # a directory entry: skipped, and reading goes on past it
     for n, (wnid, f) in enumerate(_val_files(root), start=1):
         val.append((f"ILSVRC2012_val_{n:08d}.JPEG", f.read_bytes()))
         truth.append(str(ids[wnid]))
-    (dest / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    (dest / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
     fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
               "wordnet_height", "num_train_images"]
     rows = [(ids[w], w, f"words of {w}", "", 0, np.zeros(0), 0, 5) for w in wnids]

@@ -1,16 +1,20 @@
 """End-to-end conversion: layouts, labels, bad input, errors before work, determinism, resume, verify."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from fastmix.data.convert import ConvertError, convert
-from fastmix.data.shards import read_samples
+from fastmix.data.convert import ConvertError, convert, sha256
+from fastmix.data.shards import Sample, read_samples, write_shard
 from fastmix.data.synth import QUIRKS, class_wnids, write_imagefolder
 from fastmix.data.verify import verify
 from layouts import to_archives, to_kaggle
@@ -62,28 +66,96 @@ def test_manifest_records_options_counts_and_checksums(converted):
     assert manifest["tool"]["version"] and manifest["timings_s"]
 
 
-def _labels_by_key(out, manifest, split):
+def _labels_by_content(out: Path, manifest: dict, split: str) -> tuple[dict, dict]:
+    """content hash -> WNID of every image, in the shards and in the .beton. The converter is
+    deterministic per image, so one source file has the same bytes whatever layout it came from."""
+    from fastmix.data.beton import read_jpegs, read_labels
     classes = json.loads((out / "classes.json").read_text())
-    return {s.key: classes[s.label]["wnid"] for s in shard_samples(out, manifest, split)}
+    sha = lambda data: hashlib.sha256(data).hexdigest()
+    shards = [(sha(s.jpeg), classes[s.label]["wnid"]) for s in shard_samples(out, manifest, split)]
+    beton_path = out / manifest["splits"][split]["beton"]
+    beton = [(sha(j), classes[label]["wnid"])
+             for j, label in zip(read_jpegs(beton_path), read_labels(beton_path).tolist())]
+    for pairs in (shards, beton):  # distinct images: the dict below loses nothing
+        assert len({h for h, _ in pairs}) == len(pairs) == manifest["splits"][split]["written"]
+    return dict(shards), dict(beton)
 
 
 @pytest.mark.parametrize("layout", ["kaggle", "archives"])
 def test_other_layouts_give_the_same_labels(layout, imagefolder_source, converted, tmp_path):
+    """Every val and train file, one by one (matched by the hash of its image), gets the label the
+    ImageFolder reference gives it, in the shards and in the .beton."""
     repack = to_kaggle if layout == "kaggle" else to_archives
     src = repack(imagefolder_source, tmp_path / "src")
     out_ref, manifest_ref = converted
     manifest = convert(small_config(src, tmp_path / "out"))
     assert manifest["source"]["layout"] == layout
-    assert manifest["splits"]["train"]["per_class"] == manifest_ref["splits"]["train"]["per_class"]
-    assert manifest["splits"]["val"]["per_class"] == manifest_ref["splits"]["val"]["per_class"]
-    # Train keys are the original file names, so labels can be compared one by one.
-    assert _labels_by_key(tmp_path / "out", manifest, "train") == _labels_by_key(out_ref, manifest_ref, "train")
-    # Val files were renamed ILSVRC2012_val_N; their label must be the class they came from.
-    ref_val = sorted(_labels_by_key(out_ref, manifest_ref, "val").values())
-    assert sorted(_labels_by_key(tmp_path / "out", manifest, "val").values()) == ref_val
+    for split in ("train", "val"):
+        assert _labels_by_content(tmp_path / "out", manifest, split) == \
+            _labels_by_content(out_ref, manifest_ref, split), split
     names = {c["wnid"]: c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())}
     assert all(names.values()), "Kaggle's mapping file and the devkit both name the classes"
     assert verify(tmp_path / "out") == []
+
+
+def test_train_shards_mix_classes_and_val_is_in_class_order(converted):
+    out, manifest = converted
+    train = manifest["splits"]["train"]["shards"]
+    assert len(train) >= 3
+    for rel in train:
+        assert len({s.label for s in read_samples(out / rel)}) > 1, f"{rel} holds one class"
+    val = [s.label for s in shard_samples(out, manifest, "val")]
+    assert val == sorted(val) and len(set(val)) == 4
+    from fastmix.data.beton import read_labels
+    assert read_labels(out / "ffcv" / "val.beton").tolist() == val
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_beton_images_match_the_shards(converted, split):
+    """Sample i of the .beton is sample i of the shards: within JPEG tolerance of it (mean abs
+    difference < 8 levels; measured up to 3.7, two q90 encodes of grainy images, while any two
+    different images here are 56 or more apart), and closer to it than to any other image."""
+    from fastmix.data.beton import read_jpegs
+    out, manifest = converted
+    shards = [_decoded(s.jpeg) for s in shard_samples(out, manifest, split)]
+    beton = [_decoded(j) for j in read_jpegs(out / "ffcv" / f"{split}.beton")]
+    assert len(beton) == len(shards) == manifest["splits"][split]["written"]
+    for i, b in enumerate(beton):
+        gaps = {j: float(np.abs(b - s).mean()) for j, s in enumerate(shards) if s.shape == b.shape}
+        assert gaps.get(i, np.inf) < 8, (split, i, gaps.get(i))
+        assert min(gaps, key=gaps.get) == i, (split, i)
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    """RGBA and palette-with-transparency files (behind .JPEG names): transparent pixels, black
+    underneath, come out white in the shards and in the .beton; opaque ones keep their colour."""
+    from fastmix.data.beton import read_jpegs
+    src = tmp_path / "src"
+    write_imagefolder(src, 2, {"train": 1, "val": 1}, seed=4, sizes=[(64, 48)])
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[:, 32:] = (200, 30, 30, 255)  # left half: black, fully transparent
+    wnid = class_wnids(2)[1]
+    for kind, img in (("rgba", Image.fromarray(rgba, "RGBA")),
+                      ("palette", Image.fromarray(rgba[..., :3]).quantize(4))):
+        if kind == "palette":
+            img.info["transparency"] = img.getpixel((0, 0))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        (src / "train" / wnid / f"{wnid}_{kind}.JPEG").write_bytes(buf.getvalue())
+    out = tmp_path / "out"
+    manifest = convert(small_config(src, out, num_classes=2))
+    samples = shard_samples(out, manifest, "train")
+    betons = read_jpegs(out / "ffcv" / "train.beton")
+    for kind in ("rgba", "palette"):
+        i = next(k for k, s in enumerate(samples) if s.key == f"{wnid}_{kind}")
+        for data in (samples[i].jpeg, betons[i]):
+            rgb = _decoded(data)
+            assert rgb[:, :28].min() > 240, kind  # JPEG blurs the edge, so stay 4 px off it
+            assert np.abs(rgb[:, 36:] - (200, 30, 30)).mean() < 8, kind
 
 
 def test_class_list_and_all_classes(imagefolder_source, tmp_path):
@@ -153,6 +225,87 @@ def test_verify_catches_tampering(converted, tmp_path):
     assert f"{shard}: checksum differs" in problems
     assert f"{beton}: checksum differs" in problems
     assert "train-00099.tar: not listed" in problems
+
+
+def _resign(out: Path) -> None:
+    """Update the manifest's checksums to the files as they are now: a consistent tamper."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = {"sha256": sha256(out / rel), "bytes": (out / rel).stat().st_size}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _swap_index_entries(out: Path) -> None:
+    idx = out / "wds" / "train-00000.idx"
+    lines = idx.read_text().splitlines(keepends=True)
+    lines[1], lines[2] = lines[2], lines[1]
+    idx.write_text("".join(lines))
+
+
+def _rewrite_shard(out: Path, name: str, edit) -> None:
+    tar = out / "wds" / f"{name}.tar"
+    write_shard(tar, edit(read_samples(tar)))
+
+
+def _swap_labels_of_two_classes(samples):
+    a = 0
+    b = next(i for i, s in enumerate(samples) if s.label != samples[a].label)
+    samples[a], samples[b] = (Sample(samples[a].key, samples[a].jpeg, samples[b].label),
+                              Sample(samples[b].key, samples[b].jpeg, samples[a].label))
+    return samples
+
+
+def _swap_val_samples(samples):  # keys and labels move together: only the order is wrong
+    b = next(i for i, s in enumerate(samples) if s.label != samples[0].label)
+    samples[0], samples[b] = samples[b], samples[0]
+    return samples
+
+
+def _swap_images_of_one_class(samples):  # labels stay in place: only the images move
+    size = lambda s: Image.open(io.BytesIO(s.jpeg)).size
+    a, b = next((a, b) for a in range(len(samples)) for b in range(a + 1, len(samples))
+                if samples[a].label == samples[b].label and size(samples[a]) != size(samples[b]))
+    samples[a], samples[b] = samples[b], samples[a]
+    return samples
+
+
+def _manifest_count(out: Path) -> None:
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["written"] += 1
+    manifest["splits"]["train"]["source_files"] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+TAMPER = {
+    "index": (_swap_index_entries, ["train-00000.idx: does not match train-00000.tar"]),
+    "dropped-sample": (lambda out: _rewrite_shard(out, "train-00001", lambda s: s[1:]),
+                       ["train shards: 25 samples, manifest says 26"]),
+    "manifest-count": (_manifest_count, ["manifest train: per-class counts sum to 26, not the 27 written",
+                                         "train shards: 26 samples, manifest says 27"]),
+    "label-swap": (lambda out: _rewrite_shard(out, "train-00000", _swap_labels_of_two_classes),
+                   ["but its name says", "train.beton: label order differs from the shards'"]),
+    "image-swap": (lambda out: _rewrite_shard(out, "train-00000", _swap_images_of_one_class),
+                   ["train.beton: image sizes differ from the shards' at 2 samples"]),
+    "unknown-label": (lambda out: _rewrite_shard(
+        out, "train-00002", lambda s: [Sample(s[0].key, s[0].jpeg, 7)] + s[1:]),
+        ["train shards: labels [7] name no class in classes.json"]),
+    "val-order": (lambda out: _rewrite_shard(out, "val-00000", _swap_val_samples),
+                  ["val shards: not in class order", "val.beton: label order differs from the shards'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPER))
+def test_verify_catches_consistent_tampering(case, converted, tmp_path):
+    """Edits with the manifest's checksums updated to match: verify must still see them."""
+    out = tmp_path / "copy"
+    shutil.copytree(converted[0], out)
+    tamper, expected = TAMPER[case]
+    tamper(out)
+    _resign(out)
+    problems = "\n".join(verify(out))
+    assert "checksum" not in problems
+    for text in expected:
+        assert text in problems, problems
 
 
 def test_resume_after_kill_gives_the_same_outputs(imagefolder_source, converted, tmp_path):

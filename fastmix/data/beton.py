@@ -119,12 +119,36 @@ def write_beton(path: Path, items: list[Item], labels: list[int], cfg) -> None:
     os.replace(tmp, path)
 
 
-def read_labels(path: Path) -> np.ndarray:
-    """The label of every sample, in file order, straight from the .beton's metadata table."""
+def _reader(path: Path):
     _require_ffcv()
     from ffcv.reader import Reader
     try:
-        reader = Reader(str(path))
+        return Reader(str(path))
     except Exception as e:  # ffcv raises bare errors on foreign or cut files
         raise ValueError(f"{path}: not a readable .beton ({type(e).__name__}: {e})") from e
-    return np.asarray(reader.metadata["f1"]).astype(np.int64)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """The label of every sample, in file order, straight from the .beton's metadata table."""
+    return np.asarray(_reader(path).metadata["f1"]).astype(np.int64)
+
+
+def read_sizes(path: Path) -> np.ndarray:
+    """(width, height) of every sample's image, in file order, from the metadata table (no decode)."""
+    image = _reader(path).metadata["f0"]
+    return np.stack([image["width"], image["height"]], axis=1).astype(np.int64)
+
+
+def read_jpegs(path: Path) -> list[bytes | None]:
+    """Every sample's stored JPEG, in file order (None where write_mode stored it raw)."""
+    reader = _reader(path)
+    size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
+    out = []
+    with open(path, "rb") as f:
+        for image in reader.metadata["f0"]:
+            if int(image["mode"]) != 0:  # ffcv's IMAGE_MODES: jpg 0, raw 1
+                out.append(None)
+                continue
+            f.seek(int(image["data_ptr"]))
+            out.append(f.read(size_at[int(image["data_ptr"])]))
+    return out
