@@ -4,6 +4,8 @@ metric, per-rank DALI seeds, a start-up out-of-memory retry, and installs that k
 from __future__ import annotations
 
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,3 +26,75 @@ def test_abandoned_epochs_leave_no_threads_behind(flat_converted, backend):
         batches.close()
         counts.append(threading.active_count())
     assert counts[-1] <= counts[1], counts  # nvjpeg's file-reading pool starts its threads in epoch 0
+
+
+def stand_in_nvml(monkeypatch, fail: dict | None = None):
+    """Two GPUs as NVML numbers them; `fail` maps an NVML function to the error code it raises."""
+    import pynvml
+    fail = fail or {}
+    gpus = {"nvml0": ("GPU-aaaa", "NVIDIA A100", 300_000), "nvml1": ("GPU-bbbb", "Tesla T4", 70_000)}
+
+    def refusing(name, fn):
+        def call(*args):
+            if name in fail:
+                raise pynvml.NVMLError(fail[name])
+            return fn(*args)
+        return call
+    fake = {"nvmlInit": lambda: None,
+            "nvmlDeviceGetHandleByIndex": lambda i: f"nvml{i}",
+            "nvmlDeviceGetHandleByUUID": lambda u: next(h for h, g in gpus.items() if g[0] == u),
+            "nvmlDeviceGetName": lambda h: gpus[h][1], "nvmlSystemGetDriverVersion": lambda: "525.147.05",
+            "nvmlDeviceGetEnforcedPowerLimit": lambda h: gpus[h][2], "nvmlDeviceGetMaxClockInfo": lambda h, k: 1590,
+            "nvmlDeviceGetUtilizationRates": lambda h: SimpleNamespace(gpu=97, memory=60),
+            "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0,
+            "nvmlDeviceGetClockInfo": lambda h, kind: 1500, "nvmlDeviceGetPowerUsage": lambda h: gpus[h][2] // 2,
+            "nvmlDeviceGetTemperature": lambda h, kind: 71,
+            "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=9e9, total=16e9)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, refusing(name, fn))
+    return pynvml
+
+
+def sample_briefly(index=0):
+    from fastmix.devices.telemetry import Telemetry
+    with Telemetry(index, interval_s=0.01) as tel:
+        time.sleep(0.1)
+    return tel.summary()
+
+
+def test_telemetry_watches_the_gpu_torch_means_not_nvmls_index(monkeypatch):
+    """CUDA device 0 is NVML's GPU 1 here (CUDA_VISIBLE_DEVICES=1, or a different order): found
+    by the UUID torch reports. Before the fix NVML's index 0 (the A100) was watched."""
+    import torch
+
+    from fastmix.devices.telemetry import device_info
+    stand_in_nvml(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid="bbbb"))
+    info = device_info(0)
+    assert info["name"] == "Tesla T4" and info["power_limit_w"] == 70 and info["found_by"] == "uuid"
+    s = sample_briefly(0)
+    assert s["samples"] > 0 and s["power_w"]["median"] == 35 and s["found_by"] == "uuid"
+
+
+def test_telemetry_degrades_per_metric_and_device_info_never_raises(monkeypatch):
+    """An old driver without clock-event reasons and a vGPU without power readings: the other
+    metrics are still sampled, the missing ones are named. Before the fix the sampler thread
+    died on the first call (summary: samples 0) and device_info raised."""
+    import pynvml
+
+    from fastmix.devices.telemetry import device_info
+    stand_in_nvml(monkeypatch, {"nvmlDeviceGetCurrentClocksEventReasons": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+                                "nvmlDeviceGetPowerUsage": pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                "nvmlDeviceGetEnforcedPowerLimit": pynvml.NVML_ERROR_NOT_SUPPORTED})
+    s = sample_briefly()
+    assert s["samples"] >= 3 and s["sm_clock_mhz"]["median"] == 1500 and s["gpu_util"]["median"] == 97
+    assert set(s["unsupported"]) == {"throttle", "power_w"} and "power_w" not in s
+    assert "Not Supported" in s["unsupported"]["power_w"]
+    info = device_info()
+    assert info["name"] == "NVIDIA A100" and info["power_limit_w"] is None
+    assert list(info["unsupported"]) == ["power_limit_w"]
+    stand_in_nvml(monkeypatch, {"nvmlDeviceGetHandleByIndex": pynvml.NVML_ERROR_GPU_IS_LOST})
+    assert device_info()["available"] is False and "GPU is lost" in device_info()["reason"]
+    lost = sample_briefly()
+    assert lost["samples"] == 0 and "GPU is lost" in lost["error"]
