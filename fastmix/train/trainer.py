@@ -308,9 +308,10 @@ class Trainer:
     def evaluate(self, net: torch.nn.Module | None = None) -> dict:
         """fp32 loss (sum over samples), top-1 and top-5 on the whole val split, all ranks.
         The uncompiled, unwrapped model by default: no recompiles for eval mode, the 2x batch or
-        the partial last batch, and no DDP buffer broadcast, which would hang on ranks that
-        hold different numbers of val batches."""
+        the partial last batch, and no DDP forward, whose buffer broadcast would hang on ranks
+        that hold different numbers of val batches."""
         net = net or self.model
+        self.dist.broadcast_buffers(net)  # every rank evaluates rank 0's model (the one it saves)
         net.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct1, correct5, count = (torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(3))
