@@ -14,6 +14,7 @@ from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, par
 from .shardindex import ShardIndex
 
 LABEL_BYTES = 8  # .cls holds the label as ASCII digits; padded to a fixed width for batching
+RANK_SEED_STRIDE = 100_003  # rank r seeds its pipeline with seed + r * stride (rank 0: the seed itself)
 
 
 class DALILoader(BaseLoader):
@@ -47,8 +48,10 @@ class DALILoader(BaseLoader):
         device_id = (dev.index or 0) if dev.type == "cuda" else None
         hw = {"hw_decoder_load": cfg.hw_decoder_load} if self.decode == "mixed" else {}
 
+        # A seed per rank: with one seed every rank would draw the same crops, flips and ops.
         @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                      seed=cfg.seed, prefetch_queue_depth=2, enable_conditionals=bool(cfg.rand_augment))
+                      seed=cfg.seed + RANK_SEED_STRIDE * cfg.rank, prefetch_queue_depth=2,
+                      enable_conditionals=bool(cfg.rand_augment))
         def pipe():
             jpg, cls = fn.readers.webdataset(
                 paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
@@ -77,6 +80,8 @@ class DALILoader(BaseLoader):
             images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC",
                                               crop=(size, size), mirror=mirror)
             labels = fn.pad(cls, fill_value=0, shape=[LABEL_BYTES])
+            if device_id is not None:  # a CUDA run: both leave DALI on the device (DALI copies through
+                images, labels = images.gpu(), labels.gpu()  # its own pinned buffers), no blocking copy
             return images, labels
 
         return pipe()
@@ -102,5 +107,6 @@ class DALILoader(BaseLoader):
         for batch in self._iter:
             b = batch[0]
             images = b["images"].permute(0, 3, 1, 2)  # NHWC storage = NCHW channels_last
+            # labels come out where the images do (the device under "mixed"): parsed there, no copy
             yield normalize(images, self.cfg), parse_ascii_labels(b["labels"]).to(self.cfg.torch_device)
         self._in_epoch = False

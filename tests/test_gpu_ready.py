@@ -98,3 +98,36 @@ def test_telemetry_degrades_per_metric_and_device_info_never_raises(monkeypatch)
     assert device_info()["available"] is False and "GPU is lost" in device_info()["reason"]
     lost = sample_briefly()
     assert lost["samples"] == 0 and "GPU is lost" in lost["error"]
+
+
+@pytest.fixture(scope="module")
+def identical_images(tmp_path_factory):
+    """Eight copies of one non-symmetric gradient photo (2 classes): two ranks read the same
+    pixels, so any difference between their batches comes from their random draws."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import small_config
+    from fastmix.data.convert import convert
+    from fastmix.data.synth import class_wnids, jpeg_bytes
+    root = tmp_path_factory.mktemp("identical")
+    y, x = np.mgrid[0:60, 0:80]
+    photo = jpeg_bytes(Image.fromarray(np.stack([x * 3, y * 4, (x * y) % 256], -1).astype(np.uint8)), quality=95)
+    for split, n in (("train", 4), ("val", 1)):
+        for wnid in class_wnids(2):
+            (root / "src" / split / wnid).mkdir(parents=True)
+            for k in range(n):
+                (root / "src" / split / wnid / f"{wnid}_{k}.JPEG").write_bytes(photo)
+    convert(small_config(root / "src", root / "out", num_classes=2, formats=("wds",)))
+    return root / "out"
+
+
+def test_dali_ranks_draw_their_own_augmentations(identical_images):
+    """Before the fix every rank seeded DALI alike and drew the same crops and flips."""
+    import torch
+    first = [next(iter(make_loader("dali", identical_images, "train", batch_size=4, image_size=32, workers=1,
+                                   rank=rank, world_size=2)))[0] for rank in (0, 1)]
+    assert not torch.equal(first[0], first[1])
+    again = next(iter(make_loader("dali", identical_images, "train", batch_size=4, image_size=32, workers=1,
+                                  rank=0, world_size=2)))[0]
+    assert torch.equal(first[0], again)  # and a rank's own draws stay reproducible
