@@ -158,3 +158,38 @@ def test_nvjpeg_batched_crop_resize_matches_torchvision_per_image(converted, spl
             reference.append(F.center_crop(F.resize(img, cfg.resize_to, antialias=True), [64, 64]))
     diff = (batched - torch.stack(reference).float()).abs()
     assert batched.shape == (8, 3, 64, 64) and diff.mean() < 2.5, float(diff.mean())
+
+
+def test_dali_build_follows_torchs_cuda(monkeypatch):
+    import importlib.metadata
+
+    from loaders import dali
+    assert dali.dali_package("12.4") == ("nvidia-dali-cuda120", "dali-cuda12")
+    assert dali.dali_package("12.8")[0] == "nvidia-dali-cuda120"
+    assert dali.dali_package("13.0") == ("nvidia-dali-cuda130", "dali")
+    assert dali.dali_package(None)[0] == "nvidia-dali-cuda130"  # CPU-only torch: CI's pin
+    with pytest.raises(ValueError, match="CUDA 11.8: DALI 2.x ships for CUDA 12 and 13 only"):
+        dali.dali_package("11.8")
+    import torch
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a T4 host on driver R535-R560, CI's DALI installed
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.4.0" if name == "nvidia-dali-cuda130" else real(name + "-not-installed"))
+    with pytest.warns(UserWarning, match="nvidia-dali-cuda130 is installed but torch is built for CUDA 12.4: "
+                                         "pip install nvidia-dali-cuda120"):
+        dali.check_dali_build()
+
+
+def test_installing_fastmix_keeps_the_installed_torch():
+    """pip, offline, against this environment's torch: only fastmix itself would be installed, for
+    the base package and the ffcv extra (torch is a floor, never a pin or a CUDA build)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for target in (".", ".[ffcv]"):
+        run = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--no-index",
+                              "--quiet", "--report", "-", target], cwd=root, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert [i["metadata"]["name"] for i in json.loads(run.stdout)["install"]] == ["fastmix"], target
