@@ -88,7 +88,8 @@ class NvJPEGLoader(BaseLoader):
         padded = torch.zeros(len(decoded), 3, max(h for h, _ in shapes), max(w for _, w in shapes), device=device)
         for i, img in enumerate(decoded):
             padded[i, :, :img.shape[1], :img.shape[2]].copy_(img)
-        rois = torch.tensor([(i, *box) for i, box in enumerate(boxes)], dtype=torch.float32).to(device, non_blocking=True)
+        rois = torch.tensor([(i, *box) for i, box in enumerate(boxes)], dtype=torch.float32)
+        rois = rois.to(device, non_blocking=True)
         out = roi_align(padded, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         if any(flips):
             flip = torch.tensor(flips).to(device, non_blocking=True).view(-1, 1, 1, 1)

@@ -51,5 +51,6 @@ def test_torchrun_two_ranks_on_gloo(flat_converted, tmp_path):
     assert ranks[0]["ema_end"] == ranks[1]["ema_end"]  # BatchNorm statistics too, after evaluation
     assert all(r["compilations"] >= 1 for r in ranks)
     assert ranks[1]["written"] == [], "only rank 0 writes files"
-    assert {"config.yaml", "epochs.csv", "steps.jsonl", "last.tmp", "summary.json", "curves.png"} <= set(ranks[0]["written"])
+    expected = {"config.yaml", "epochs.csv", "steps.jsonl", "last.tmp", "best.tmp", "summary.json", "curves.png"}
+    assert expected <= set(ranks[0]["written"])
     assert (run_dir / "epochs.csv").is_file() and (run_dir / "last.pt").is_file()

@@ -44,7 +44,8 @@ def test_host_reads_per_update_stay_within_the_budget(flat_converted, tmp_path, 
     calls = []
     for name in HOST_READS:
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _r=real, **k: calls.append(_n) or _r(self, *a, **k))
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _n=name, _r=real, **k: calls.append(_n) or _r(self, *a, **k))
     result = trainer.train_epoch(0)
     monkeypatch.undo()
     assert math.isfinite(result["train_loss"]) and trainer.updates == 8

@@ -57,8 +57,9 @@ def nvml_handle(lib, index: int) -> tuple[object, str]:
     if props is not None:
         uuid = str(getattr(props, "uuid", "") or "")
         if uuid:
+            uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"  # NVML's spelling
             try:
-                return lib.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"), "uuid"
+                return lib.nvmlDeviceGetHandleByUUID(uuid), "uuid"
             except Exception:
                 pass
         bus = getattr(props, "pci_bus_id", None)

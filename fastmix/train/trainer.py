@@ -290,6 +290,8 @@ class Trainer:
 
     def _halve_micro_batch(self, size: int, error: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():  # forget a half-done step (unscale_ called, step not taken)
+            self.scaler._per_optimizer_states.clear()
         old = self.micro_batch
         self.micro_batch, self.accum_steps = old // 2, self.accum_steps * 2
         self.micro_batch_retries.append({"image_size": size, "from": old, "micro_batch": self.micro_batch,
