@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 APT    := build-essential pkg-config libopencv-dev libturbojpeg0-dev
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup gpu-setup demo test bench clean
 setup: $(STAMP)
 
 $(STAMP):
@@ -16,6 +16,14 @@ $(STAMP):
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q -e '.[all]'
 	@rm -f $(VENV)/.installed-*; touch $@
+
+# On a GPU host whose Python already has a working torch (any CUDA 12.x or 13.x build): install
+# fastmix into that environment without touching torch, and the DALI build for torch's CUDA.
+# PY=python make gpu-setup   (the default PY is this repo's .venv, which `make setup` pins for CI)
+gpu-setup:
+	$(PY) -c 'import torch; print("keeping torch", torch.__version__, "CUDA", torch.version.cuda)'
+	$(PY) -m pip install -q -e '.[ffcv,test]'
+	$(PY) -m pip install -q "$$($(PY) -c 'from loaders.dali import dali_package; print(dali_package()[0])')>=2.0"
 
 demo: setup
 	$(PY) tools/convert_subset.py --resume --verify

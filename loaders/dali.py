@@ -14,11 +14,47 @@ from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, par
 from .shardindex import ShardIndex
 
 LABEL_BYTES = 8  # .cls holds the label as ASCII digits; padded to a fixed width for batching
+RANK_SEED_STRIDE = 100_003  # rank r seeds its pipeline with seed + r * stride (rank 0: the seed itself)
+
+
+DALI_WHEELS = {"12": ("nvidia-dali-cuda120", "dali-cuda12"), "13": ("nvidia-dali-cuda130", "dali")}
+
+
+def dali_package(cuda: str | None = "torch") -> tuple[str, str]:
+    """(PyPI package, fastmix extra) of the DALI build for this torch's CUDA (`torch.version.cuda`):
+    12.x -> nvidia-dali-cuda120 (drivers R535-R560 run it), 13.x -> nvidia-dali-cuda130 (R580+).
+    A CPU-only torch takes the CUDA 13 build, as CI does (its CPU pipelines run anywhere)."""
+    if cuda == "torch":
+        import torch
+        cuda = torch.version.cuda
+    if cuda is None:
+        return DALI_WHEELS["13"]
+    major = cuda.split(".")[0]
+    if major not in DALI_WHEELS:
+        raise ValueError(f"torch is built for CUDA {cuda}: DALI 2.x ships for CUDA 12 and 13 only; "
+                         "install a CUDA 12 or 13 build of torch")
+    return DALI_WHEELS[major]
+
+
+def check_dali_build() -> None:
+    """Warn when the installed DALI is built for another CUDA major than torch (its GPU ops then
+    fail to load, or need a newer driver than torch does)."""
+    from importlib.metadata import PackageNotFoundError, version
+    want, extra = dali_package()
+    for package, _ in DALI_WHEELS.values():
+        try:
+            version(package)
+        except PackageNotFoundError:
+            continue
+        if package != want:
+            import torch
+            warnings.warn(f"{package} is installed but torch is built for CUDA {torch.version.cuda}: "
+                          f"pip install {want} (or 'fastmix[{extra}]'); README: install", stacklevel=3)
 
 
 class DALILoader(BaseLoader):
     def __init__(self, cfg: LoaderConfig):
-        require("nvidia.dali", "dali")
+        require("nvidia.dali", dali_package()[1])
         index = ShardIndex(cfg)  # checks every shard and index before DALI sees them
         super().__init__(cfg, len(index))
         self.tars = [str(t) for t in index.tars]
@@ -27,6 +63,8 @@ class DALILoader(BaseLoader):
             decode = "mixed" if cfg.torch_device.type == "cuda" else "cpu"
         if decode == "mixed" and cfg.torch_device.type != "cuda":
             raise ValueError("decode_device='mixed' (nvJPEG) needs a CUDA device")
+        if cfg.torch_device.type == "cuda":
+            check_dali_build()
         self.decode = decode
         self._iter, self._in_epoch = None, False
 
@@ -47,8 +85,10 @@ class DALILoader(BaseLoader):
         device_id = (dev.index or 0) if dev.type == "cuda" else None
         hw = {"hw_decoder_load": cfg.hw_decoder_load} if self.decode == "mixed" else {}
 
+        # A seed per rank: with one seed every rank would draw the same crops, flips and ops.
         @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                      seed=cfg.seed, prefetch_queue_depth=2, enable_conditionals=bool(cfg.rand_augment))
+                      seed=cfg.seed + RANK_SEED_STRIDE * cfg.rank, prefetch_queue_depth=2,
+                      enable_conditionals=bool(cfg.rand_augment))
         def pipe():
             jpg, cls = fn.readers.webdataset(
                 paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
@@ -77,6 +117,8 @@ class DALILoader(BaseLoader):
             images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC",
                                               crop=(size, size), mirror=mirror)
             labels = fn.pad(cls, fill_value=0, shape=[LABEL_BYTES])
+            if device_id is not None:  # a CUDA run: both leave DALI on the device (DALI copies through
+                images, labels = images.gpu(), labels.gpu()  # its own pinned buffers), no blocking copy
             return images, labels
 
         return pipe()
@@ -102,5 +144,6 @@ class DALILoader(BaseLoader):
         for batch in self._iter:
             b = batch[0]
             images = b["images"].permute(0, 3, 1, 2)  # NHWC storage = NCHW channels_last
+            # labels come out where the images do (the device under "mixed"): parsed there, no copy
             yield normalize(images, self.cfg), parse_ascii_labels(b["labels"]).to(self.cfg.torch_device)
         self._in_epoch = False

@@ -2,7 +2,8 @@
 
 Sharding passes this rank's subset as `indices` (ffcv's own `distributed=True` uses
 DistributedSampler, which pads ranks with repeated samples and needs a process group);
-ffcv then reshuffles that subset every epoch from the seed.
+ffcv then reshuffles that subset every epoch from the seed. An epoch abandoned before its end
+(close the generator: the trainer does) closes ffcv's epoch thread and frees its buffers.
 """
 from __future__ import annotations
 
@@ -55,5 +56,12 @@ class FFCVLoader(BaseLoader):
         if self._loader is None:
             self._loader = self._build()
         self._loader.next_epoch = self.epoch
-        for images, labels in self._loader:
-            yield normalize(images, self.cfg), labels.to(torch.int64)
+        batches = iter(self._loader)  # ffcv's EpochIterator: a thread with its own pinned/GPU buffers
+        try:
+            for images, labels in batches:
+                yield normalize(images, self.cfg), labels.to(torch.int64)
+        finally:
+            # Abandoned mid-epoch (the generator closed), ffcv's thread would block forever on
+            # its full queue, holding its buffers; close() tells it to stop within its 0.5 s poll.
+            batches.close()
+            batches.join(timeout=5)

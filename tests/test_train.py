@@ -115,13 +115,15 @@ def test_nonfinite_losses_are_skipped_counted_and_then_stop_the_run(flat_convert
     handle.remove()
     (row,) = rows(tmp_path / "a")
     assert row["nonfinite_skipped"] == "1" and math.isfinite(float(row["train_loss"]))
-    assert trainer.updates == trainer.updates_per_epoch - 1
+    assert trainer.updates == trainer.updates_per_epoch  # a skipped update still counts (trainer.py)
 
     trainer = Trainer(tiny(data, tmp_path / "b", epochs=1, max_nonfinite=3))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.model.head.register_forward_hook(lambda m, i, out: out * float("nan"))
     with pytest.raises(NonFiniteLoss, match="non-finite for 3 updates in a row"):
         trainer.fit()
-    assert trainer.updates == 0
+    assert trainer.updates == 3  # skipped on the device: the weights never moved
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
 def train_cli(data, out, *extra, **popen) -> subprocess.Popen:

@@ -35,6 +35,19 @@ class Dist:
     def any(self, flag: bool, device: torch.device) -> bool:
         return self.sum([float(flag)], device)[0] > 0
 
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        """In-place max over ranks of a device tensor: no host round trip (NCCL queues it)."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) to every rank: each rank updates its own from
+        its own batches, so evaluate this before evaluating, or ranks evaluate different models."""
+        if self.enabled:
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
     def gather(self, obj) -> list:
         if not self.enabled:
             return [obj]

@@ -2,9 +2,16 @@
 
 - precision: fp16 autocast + GradScaler (T4/V100: no bf16), bf16 autocast (Ampere and newer,
   CPUs with native bf16), fp32. `auto` picks by device.
+- cuDNN autotuning (`cudnn.benchmark`): on for training, because every shape is fixed and the
+  model is 7x7/9x9 depthwise convs whose best kernel cuDNN must measure; off where
+  `torch.use_deterministic_algorithms(True)` asks for determinism.
 - channels_last: `auto` times a few training steps both ways on the present device, because
-  the answer differs per variant (cuDNN's depthwise kernels: 7x7 gains, 9x9 can lose).
-- torch.compile: the first step's compile time is reported apart from throughput (train.py).
+  the answer differs per variant (cuDNN's depthwise kernels: 7x7 gains, 9x9 can lose). It is
+  measured the way the run will train: autotuned, and compiled where compile is on.
+- torch.compile: static shapes (`dynamic=False`), so each training resolution compiles once
+  on purpose; evaluation runs the uncompiled module (eval mode, its 2x batch and the partial
+  last batch would each recompile). Compile time is measured around the compilations
+  (dynamo's start/end callbacks), not inferred from the first update.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import contextlib
 import copy
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -73,6 +81,12 @@ def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> 
     return statistics.median(times)
 
 
+def configure_cudnn() -> bool:
+    """Autotune cuDNN's kernels unless determinism was asked for; returns the setting."""
+    torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+    return torch.backends.cudnn.benchmark
+
+
 def time_train_steps(model: nn.Module, x: torch.Tensor, precision: str, steps: int = 5, warmup: int = 2) -> float:
     """Median seconds of forward + backward on `x` (random labels), after `warmup` steps."""
     y = torch.randint(0, model.head.out_features, (x.shape[0],), device=x.device)
@@ -86,26 +100,73 @@ def time_train_steps(model: nn.Module, x: torch.Tensor, precision: str, steps: i
 
 
 def choose_channels_last(model: nn.Module, setting: str, device: torch.device, precision: str,
-                         batch: int, size: int) -> tuple[bool, dict]:
-    """`on`/`off` as given; `auto` measures both memory formats on a copy of the model."""
+                         batch: int, size: int, compile: bool = False,
+                         compile_mode: str = "default") -> tuple[bool, dict]:
+    """`on`/`off` as given; `auto` measures both memory formats on a copy of the model, compiled
+    when the run compiles. Out of memory, it halves the probe's batch (the comparison holds)."""
     if setting in ("on", "off", True, False):
         return setting in ("on", True), {}
     if setting != "auto":
         raise ValueError(f"channels_last {setting!r}: choose auto, on or off")
     probe = copy.deepcopy(model).to(device).train()  # a copy: its BN statistics get disturbed
-    x = torch.randn(batch, 3, size, size, device=device)
-    timings = {}
-    for fmt in ("channels_last", "contiguous"):
+
+    def measure(fmt: str, batch: int) -> float:
         memory_format = getattr(torch, "channels_last" if fmt == "channels_last" else "contiguous_format")
-        probe = probe.to(memory_format=memory_format)
-        timings[fmt] = time_train_steps(probe, x.contiguous(memory_format=memory_format), precision)
+        net = compile_model(probe.to(memory_format=memory_format), compile, compile_mode)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+        return time_train_steps(net, x, precision)
+
+    timings = None
+    while timings is None:
+        try:
+            timings = {fmt: measure(fmt, batch) for fmt in ("channels_last", "contiguous")}
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2  # both formats again at the smaller batch, once the except has freed its frames
+            warnings.warn(f"channels_last probe: out of memory, retrying with batch {batch}", stacklevel=2)
+        probe.zero_grad(set_to_none=True)
+        empty_cache(device)
     del probe
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    empty_cache(device)
     return timings["channels_last"] < timings["contiguous"], timings
 
 
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def compile_model(model: nn.Module, enabled: bool, mode: str = "default") -> nn.Module:
+    """torch.compile with static shapes: one deliberate compilation per input shape."""
     if not enabled:
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+
+
+class CompileTimer:
+    """Wall seconds spent compiling while entered, from dynamo's compile start/end callbacks
+    (they also fire for the backward graph compiled lazily at the first backward)."""
+
+    def __init__(self):
+        self.seconds, self.compilations, self._start = 0.0, 0, None
+
+    def _on_start(self, _args) -> None:
+        self._start = time.perf_counter()
+
+    def _on_end(self, _args) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.compilations += 1
+            self._start = None
+
+    def __enter__(self) -> "CompileTimer":
+        from torch._dynamo.callback import callback_handler
+        callback_handler.register_start_callback(self._on_start)
+        callback_handler.register_end_callback(self._on_end)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from torch._dynamo.callback import callback_handler
+        callback_handler.remove_start_callback(self._on_start)
+        callback_handler.remove_end_callback(self._on_end)

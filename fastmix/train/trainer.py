@@ -6,6 +6,14 @@
 One optimizer update = `accum_steps` micro-batches; the optimizer, the schedule, EMA and the
 step log all count updates. Evaluation computes its loss in fp32 from fp32 logits (the model
 classifies in fp32, see model.py), so fp16 runs cannot log NaN eval losses from overflow.
+
+An update never waits for the device: a non-finite loss or gradient skips the optimizer step
+on the device (fused AdamW's `found_inf`, the GradScaler's in fp16), and the statistics are
+read every `log_every` updates and at the end of an epoch (stepstats.py). A skipped update
+still counts as an update: the schedule and EMA advance, as in timm and PyTorch's AMP recipe
+(in fp16 the GradScaler skips a few steps at the start while it finds its scale); the log
+shows it with `grad_norm: null` and counts it in `nonfinite_skipped` / `scaler_skipped`.
+Evaluation runs the uncompiled model (see speed.py).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from .augment import BatchAugment
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
 from .runlog import RunLog
+from .stepstats import UpdateStats
 
 LOADER_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -65,29 +74,34 @@ class Trainer:
             raise FileNotFoundError(f"{classes}: not found; convert the data first (tools/convert_subset.py)")
         self.num_classes = len(json.loads(classes.read_text()))
 
+        self.cudnn_benchmark = speed.configure_cudnn()  # before the probe: it measures what the run uses
         model = create_model(cfg.model, num_classes=self.num_classes, **cfg.model_overrides).to(self.device)
         channels_last, self.format_timings = speed.choose_channels_last(
-            model, cfg.channels_last, self.device, self.precision, cfg.micro_batch_size, cfg.image_size)
+            model, cfg.channels_last, self.device, self.precision, cfg.micro_batch_size, cfg.image_size,
+            compile=cfg.compile, compile_mode=cfg.compile_mode)
         self.channels_last = bool(self.dist.gather(channels_last)[0])  # rank 0's measurement decides for all
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.ddp = None
-        if self.dist.enabled:
+        if self.dist.enabled:  # DDP broadcasts rank 0's weights and buffers to every rank
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(model, device_ids=ids)
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None  # after the broadcast
         self.net = speed.compile_model(self.ddp or model, cfg.compile, cfg.compile_mode)
+        self.compile_timer = speed.CompileTimer()
+        self.micro_batch, self.accum_steps, self.micro_batch_retries = cfg.micro_batch_size, cfg.accum_steps, []
 
         self.lr = peak_lr(cfg, self.dist.world_size)
-        self.optimizer = build_optimizer(model, cfg, self.lr)
+        # fused AdamW skips a step on the device when its found_inf is set (optimizer_step)
+        self.optimizer = build_optimizer(model, cfg, self.lr, fused=self.device.type in ("cuda", "cpu"))
         self.scaler = speed.grad_scaler(self.precision, self.device)
         self.augment = BatchAugment(cfg, self.num_classes, self.device)
         self._train_loaders: dict = {}
         self.val_loader = self._loader("val", cfg.val_image_size or cfg.image_size)
         first = self.train_loader(image_size_at(cfg, 0))
         # Every rank must run the same number of updates (DALI's shards can differ by one sample).
-        updates = len(first) // cfg.accum_steps
+        updates = len(first) // self.accum_steps
         if cfg.max_steps_per_epoch:
             updates = min(updates, cfg.max_steps_per_epoch)
         self.updates_per_epoch = int(min(self.dist.gather(updates)))
@@ -97,16 +111,20 @@ class Trainer:
 
         self.peak_flops, self._flops_per_image = self._peak_flops(), {}
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
-        self.nonfinite_in_row, self.update_times = 0, []
+        self.stats, self.update_times, self._fitted_sizes = UpdateStats(self.device), [], set()
         if resume:
             self._restore(checkpoint.load(self.out / "last.pt"))
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
         if self.dist.is_main:
-            info = self.describe()
-            (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            info = self._write_config()
             if info["not_applied_by_backend"]:
                 warnings.warn(f"the {cfg.backend} loader does not apply {info['not_applied_by_backend']}, which "
                               "the recipe asks for (README: augmentations by backend)", stacklevel=2)
+
+    def _write_config(self) -> dict:
+        info = self.describe()
+        (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        return info
 
     def _peak_flops(self) -> float | None:
         """This device's catalog peak at the run's precision (for MFU), if the catalog knows it."""
@@ -126,7 +144,7 @@ class Trainer:
     # -- data -----------------------------------------------------------------------------
     def _loader(self, split: str, size: int, **extra):
         cfg = self.cfg
-        return make_loader(cfg.backend, cfg.data, split, batch_size=cfg.micro_batch_size * (1 if split == "train" else 2),
+        return make_loader(cfg.backend, cfg.data, split, batch_size=self.micro_batch * (1 if split == "train" else 2),
                            image_size=size, device=str(self.device), dtype=LOADER_DTYPE[self.precision],
                            rank=self.dist.rank, world_size=self.dist.world_size, workers=cfg.workers,
                            seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes, **extra)
@@ -146,7 +164,9 @@ class Trainer:
         missing = [k for k, on in wanted.items() if on and k not in loader.augmentations]
         return {"config": self.cfg.to_dict(), "device": str(self.device), "precision": self.precision,
                 "channels_last": self.channels_last, "channels_last_timings_s": self.format_timings,
-                "world_size": self.dist.world_size, "accum_steps": self.cfg.accum_steps, "peak_lr": self.lr,
+                "cudnn_benchmark": self.cudnn_benchmark, "world_size": self.dist.world_size,
+                "micro_batch": self.micro_batch, "accum_steps": self.accum_steps,
+                "micro_batch_retries": self.micro_batch_retries, "peak_lr": self.lr,
                 "updates_per_epoch": self.updates_per_epoch,
                 "augmentations": {**loader.augmentations, **self.augment.names},
                 "not_applied_by_backend": missing}
@@ -165,40 +185,40 @@ class Trainer:
                 x, y = self.augment(x, y)
                 if not self.channels_last:
                     x = x.contiguous()
-                with speed.autocast(self.precision, self.device):
+                with speed.autocast(self.precision, self.device), self.compile_timer:
                     logits = self.net(x)
                 loss = self.augment.loss(logits.float(), y)
-                self.scaler.scale(loss / k).backward()
+                with self.compile_timer:  # the backward graph compiles at the first backward
+                    self.scaler.scale(loss / k).backward()
             total += loss.detach()
         return total / k
 
-    def optimizer_step(self, loss: torch.Tensor) -> dict:
-        """Step unless the loss is non-finite on any rank (then skip and count); returns stats."""
-        finite = not self.dist.any(not math.isfinite(loss.item()), self.device)
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_row += 1
-            if self.nonfinite_in_row >= self.cfg.max_nonfinite:
-                raise NonFiniteLoss(
-                    f"the training loss was non-finite for {self.nonfinite_in_row} updates in a row "
-                    f"(update {self.updates}, precision {self.precision}, lr {self._lr():.3g}); "
-                    "try a lower lr, clip_grad, or precision fp32/bf16")
-            return {"skipped": True}
-        self.nonfinite_in_row = 0
-        grad_norm = None
-        if self.cfg.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad).item()
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Step, or skip on the device where the loss or the gradients are non-finite on any rank.
+        Nothing here waits for the device; `self.stats` records the update."""
+        opt, scaler = self.optimizer, self.scaler
+        scale = None
+        if scaler.is_enabled():
+            scaler.unscale_(opt)  # the true gradients, for their norm and the clip
+            scale = scaler._get_scale_async().clone()  # the scale this update ran with (no sync)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
+        nonfinite = self.dist.max_((~torch.isfinite(loss.detach())).float())
+        bad = torch.maximum(nonfinite, (~torch.isfinite(grad_norm)).float())
+        if scaler.is_enabled():  # a non-finite loss gives non-finite gradients: the scaler skips
+            scaler.step(opt)
+            scaler.update()
+            scaler_skipped = (scaler._get_scale_async() < scale).float() * (1 - nonfinite)
+        else:
+            opt.grad_scale, opt.found_inf = None, bad
+            opt.step()
+            del opt.grad_scale, opt.found_inf
+            nonfinite, scaler_skipped = bad, torch.zeros_like(bad)
+        opt.zero_grad(set_to_none=True)
         self.updates += 1
         self.schedule.step_update(self.updates)
         if self.ema is not None:
             self.ema.update(self.model, step=self.updates)
-        scaler_skipped = scale is not None and self.scaler.get_scale() < scale
-        return {"skipped": False, "grad_norm": grad_norm, "scale": scale, "scaler_skipped": scaler_skipped}
+        self.stats.add(loss, grad_norm, nonfinite, scaler_skipped, scale)
 
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -209,42 +229,91 @@ class Trainer:
         loader = self.train_loader(size)
         loader.set_epoch(epoch)
         self.net.train()
-        batches = iter(loader)
-        sums = {"loss": 0.0, "updates": 0, "images": 0, "nonfinite": 0, "scaler_skipped": 0}
+        self.stats.new_epoch()
         bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch}", disable=None if self.dist.is_main else True,
                    leave=False, dynamic_ncols=True, mininterval=2)
-        start = time.perf_counter()
-        for _ in bar:
-            t = time.perf_counter()
-            micro = [next(batches) for _ in range(cfg.accum_steps)]
-            loss = self.forward_backward(micro)
-            stats = self.optimizer_step(loss)  # loss.item() in here synchronizes the device
-            self.update_times.append(time.perf_counter() - t)
-            images = sum(len(y) for _, y in micro) * self.dist.world_size
-            sums["images"] += images
-            if stats["skipped"]:
-                sums["nonfinite"] += 1
-                continue
-            sums["loss"] += loss.item()
-            sums["updates"] += 1
-            sums["scaler_skipped"] += stats["scaler_skipped"]
-            rate = images / self.update_times[-1]
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self._lr():.2e}", img_s=f"{rate:.0f}")
-            if self.updates % cfg.log_every == 0:
-                self.log.step({"epoch": epoch, "update": self.updates, "loss": loss.item(), "lr": self._lr(),
-                               "grad_norm": stats["grad_norm"], "scale": stats["scale"],
-                               "images_per_s": rate, "mfu": self.mfu(rate, size), "image_size": size})
-        del batches  # abandon the rest (accumulation remainder, max_steps_per_epoch)
+        start = window_start = time.perf_counter()
+        window, out_of_memory, batches = 0, None, iter(loader)
+        try:
+            for i in bar:
+                micro = [next(batches) for _ in range(self.accum_steps)]
+                try:
+                    self.optimizer_step(self.forward_backward(micro))
+                except torch.cuda.OutOfMemoryError as e:
+                    if not self._may_retry(size):
+                        raise
+                    out_of_memory = str(e).splitlines()[0] if str(e) else "out of memory"
+                    break  # retried below, once the except has freed the failed update's frames
+                self._fitted_sizes.add(size)
+                window += 1
+                logged = self.updates % cfg.log_every == 0
+                if i == 0 or logged or i == self.updates_per_epoch - 1:  # the only host syncs
+                    stats = self._read(epoch, size, window, time.perf_counter() - window_start, bar, logged)
+                    window, window_start = 0, time.perf_counter()
+        finally:
+            close = getattr(batches, "close", None)  # an abandoned epoch frees its loader's threads
+            if close is not None:
+                close()
+        if out_of_memory is not None:
+            self._halve_micro_batch(size, out_of_memory)
+            return self.train_epoch(epoch)
         elapsed = time.perf_counter() - start
-        loss_sum, updates = self.dist.sum([sums["loss"], sums["updates"]], self.device)
-        return {"train_loss": loss_sum / max(1, updates), "images_per_s": sums["images"] / elapsed,
-                "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": sums["nonfinite"],
-                "scaler_skipped": sums["scaler_skipped"]}
+        loss_sum, updates = self.dist.sum([stats["loss_sum"], stats["updates_ok"]], self.device)
+        return {"train_loss": loss_sum / max(1, updates),
+                "images_per_s": self.updates_per_epoch * cfg.batch_size * self.dist.world_size / elapsed,
+                "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
+                "scaler_skipped": int(stats["scaler_skipped"])}
+
+    def _read(self, epoch: int, size: int, window: int, seconds: float, bar, logged: bool) -> dict:
+        """Read the device's statistics (waits for it), time the window of updates since the last
+        read, stop on a non-finite streak, and write a log line where one is due."""
+        stats = self.stats.read()
+        if stats["max_in_row"] >= self.cfg.max_nonfinite:
+            raise NonFiniteLoss(
+                f"the training loss was non-finite for {int(stats['max_in_row'])} updates in a row "
+                f"(update {self.updates}, precision {self.precision}, lr {self._lr():.3g}); "
+                "try a lower lr, clip_grad, or precision fp32/bf16")
+        self.update_times.append(seconds / window)  # per update, averaged over the window
+        rate = self.cfg.batch_size * self.dist.world_size / self.update_times[-1]
+        bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats["loss"] is not None else "nan",
+                        lr=f"{self._lr():.2e}", img_s=f"{rate:.0f}")
+        if logged:
+            self.log.step({"epoch": epoch, "update": self.updates, "loss": stats["loss"], "lr": self._lr(),
+                           "grad_norm": stats["grad_norm"], "scale": stats["scale"], "images_per_s": rate,
+                           "mfu": self.mfu(rate, size), "image_size": size})
+        return stats
+
+    def _may_retry(self, size: int) -> bool:
+        """Out of memory in the first update at a resolution: retry with half the micro-batch.
+        Not under DDP (the other ranks wait in a collective) nor below one sample."""
+        return size not in self._fitted_sizes and not self.dist.enabled and self.micro_batch % 2 == 0
+
+    def _halve_micro_batch(self, size: int, error: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():  # forget a half-done step (unscale_ called, step not taken)
+            self.scaler._per_optimizer_states.clear()
+        old = self.micro_batch
+        self.micro_batch, self.accum_steps = old // 2, self.accum_steps * 2
+        self.micro_batch_retries.append({"image_size": size, "from": old, "micro_batch": self.micro_batch,
+                                         "accum_steps": self.accum_steps, "error": error})
+        self._train_loaders.clear()  # rebuilt at the new batch size (their memory pools go too)
+        self.val_loader = self._loader("val", self.cfg.val_image_size or self.cfg.image_size)
+        speed.empty_cache(self.device)
+        # len(loader) // accum is unchanged: floor(floor(n / (b/2)) / 2k) == floor(floor(n / b) / k)
+        warnings.warn(f"out of memory at micro-batch {old} ({size} px; {error}): retrying with micro-batch "
+                      f"{self.micro_batch} x {self.accum_steps} accumulation steps (recorded in config.yaml)",
+                      stacklevel=2)
+        if self.dist.is_main:
+            self._write_config()
 
     @torch.no_grad()
     def evaluate(self, net: torch.nn.Module | None = None) -> dict:
-        """fp32 loss (sum over samples), top-1 and top-5 on the whole val split, all ranks."""
-        net = net or self.net
+        """fp32 loss (sum over samples), top-1 and top-5 on the whole val split, all ranks.
+        The uncompiled, unwrapped model by default: no recompiles for eval mode, the 2x batch or
+        the partial last batch, and no DDP forward, whose buffer broadcast would hang on ranks
+        that hold different numbers of val batches."""
+        net = net or self.model
+        self.dist.broadcast_buffers(net)  # every rank evaluates rank 0's model (the one it saves)
         net.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct1, correct5, count = (torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(3))
@@ -260,8 +329,8 @@ class Trainer:
             correct1 += (top[:, 0] == y).sum()
             correct5 += (top == y[:, None]).any(dim=1).sum()
             count += len(y)
-        loss, c1, c5, n = self.dist.sum([loss_sum.item(), correct1.item(), correct5.item(), count.item()],
-                                        self.device)
+        totals_ = torch.stack([loss_sum, correct1.double(), correct5.double(), count.double()]).tolist()
+        loss, c1, c5, n = self.dist.sum(totals_, self.device)
         return {"eval_loss": loss / max(1, n), "top1": 100 * c1 / max(1, n), "top5": 100 * c5 / max(1, n),
                 "eval_images": int(n)}
 
@@ -285,9 +354,11 @@ class Trainer:
         times = self.update_times
         steady = float(np.median(times[1:])) if len(times) > 1 else None
         return {**self.describe(), "epochs": rows, "best_top1": self.best_top1, "updates": self.updates,
+                # update times are per update, averaged between host reads (see train_epoch)
                 "first_update_s": times[0] if times else None, "median_update_s": steady,
-                # The first update pays torch.compile (and cuDNN autotuning); the rest do not.
-                "compile_s": (times[0] - steady) if (steady is not None and self.cfg.compile) else None}
+                # measured around the compilations themselves (speed.CompileTimer)
+                "compile_s": self.compile_timer.seconds if self.cfg.compile else None,
+                "compilations": self.compile_timer.compilations if self.cfg.compile else None}
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, epoch: int, best: bool) -> None:
