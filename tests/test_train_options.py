@@ -27,12 +27,7 @@ def cosine(t: int, total: int, warmup: int) -> float:
     return 0.5 * PEAK * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
 
 
-@pytest.mark.parametrize("warmup_epochs", [
-    0,
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=(
-        "build_schedule gives CosineLRScheduler t_initial=total with warmup_prefix=True, so the cosine "
-        "runs warmup updates past the end of training and the lr never reaches 0 (reported, issue 15)"))),
-])
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
 def test_cosine_schedule_follows_its_formula(warmup_epochs):
     per_epoch, epochs = 5, 4
     cfg = TrainConfig(schedule="cosine", warmup_epochs=warmup_epochs, epochs=epochs, lr=PEAK,

@@ -45,7 +45,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_p
     if cfg.schedule == "onecycle":
         return OneCycleLR(optimizer, total)
     warmup = int(cfg.warmup_epochs * updates_per_epoch)
-    sched = CosineLRScheduler(optimizer, t_initial=total, lr_min=0.0, warmup_t=warmup,
+    # warmup_prefix: the cosine starts after the warmup, so it spans the remaining updates
+    sched = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=0.0, warmup_t=warmup,
                               warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     sched.step_update(0)
     return sched
