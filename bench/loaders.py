@@ -79,15 +79,34 @@ def run_epoch(loader) -> int:
     return n
 
 
-def measure(backend: str, data: str, size: int, args) -> dict:
+def build_loader(backend: str, data: str, size: int, args):
+    """A benchmark name -> its loader. Besides the backends: `dali-cpu`/`dali-gpu` (the decode
+    device), `ffcv-fulldecode` (ffcv's own decoders: the before of the DCT-scaled decode), and a
+    `:mmap` suffix on any name (the normalized batches are fresh mmap'd pages, as before
+    loaders/cpu_alloc.py). The suffix must be applied in the measuring process, before any batch."""
+    name, _, flag = backend.partition(":")
+    if flag not in ("", "mmap"):
+        raise ValueError(f"backend {backend!r}: unknown suffix {flag!r} (only ':mmap')")
+    if flag == "mmap":
+        from loaders import cpu_alloc
+        cpu_alloc._done = True  # keep_batch_buffers() then leaves glibc's defaults alone
     kw = {"batch_size": args.batch_size, "image_size": size, "device": args.device, "workers": args.workers,
           "dtype": args.dtype}
-    if backend in ("dali-cpu", "dali-gpu"):
-        kw["decode_device"] = "cpu" if backend == "dali-cpu" else "mixed"
-    if backend == "pil":
+    if name in ("dali-cpu", "dali-gpu"):
+        kw["decode_device"] = "cpu" if name == "dali-cpu" else "mixed"
+        name = "dali"
+    if name == "pil":
         kw["imagefolder"] = args.imagefolder
+    fast = name != "ffcv-fulldecode"
+    loader = make_loader("ffcv" if not fast else name, data, "train", **kw)
+    if not fast:
+        loader.fast_decode = False
+    return loader
+
+
+def measure(backend: str, data: str, size: int, args) -> dict:
     rss = PeakRSS()
-    loader = make_loader(backend.split("-")[0] if backend.startswith("dali") else backend, data, "train", **kw)
+    loader = build_loader(backend, data, size, args)
     t0 = time.perf_counter()
     run_epoch(loader)  # warm-up: compilation, pipeline build, first reads
     first = time.perf_counter() - t0
@@ -207,6 +226,23 @@ def prepare_images(images: str) -> str:
     return str(out)
 
 
+def stage_breakdown(rows: list[dict], data: str, a, out: Path, device_name: str) -> None:
+    """bench.stages for every CPU backend row, each in a fresh forked process, with the rows'
+    measured CPU time per image (the residual is the hand-off)."""
+    from bench import stages
+    staged = []
+    for r in rows:
+        if r["backend"].partition(":")[0] not in stages.CPU_BACKENDS:
+            continue
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            staged.append(pool.submit(stages.measure_stages, r["backend"], data, r["image_size"], a.batch_size,
+                                      a.stage_repeats, a.imagefolder).result())
+        print(staged[-1], flush=True)
+    stages.with_loader_rows(staged, rows)
+    stages.write(staged, out, {"data": data, "device": device_name, "workers": a.workers,
+                               "batch_size": a.batch_size, "repeats": a.stage_repeats, "loader_rows": "same run"})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo", help="a converted folder")
@@ -224,6 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--model-batch", type=int, default=4)
     p.add_argument("--model-steps", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/loaders-<device>.json)")
+    p.add_argument("--stages", action="store_true",
+                   help="also the per-stage breakdown of each CPU backend (bench/stages.py): stages-*.json + PNG")
+    p.add_argument("--stage-repeats", type=int, default=3, help="best of this many passes per stage")
     a = p.parse_args(argv)
     data = prepare_images(a.images) if a.images else a.data
     manifest = json.loads((Path(data) / "manifest.json").read_text())
@@ -246,7 +285,7 @@ def main(argv=None) -> int:
                 except (ImportError, FileNotFoundError) as e:
                     print(f"skip {backend}: {e}")
                     continue
-            row["decode_limit_images_per_s"] = round(limits["ffcv" if backend == "ffcv" else "wds"], 1)
+            row["decode_limit_images_per_s"] = round(limits["ffcv" if backend.startswith("ffcv") else "wds"], 1)
             rows.append(row)
             print(row, flush=True)
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu"
@@ -268,6 +307,8 @@ def main(argv=None) -> int:
     plot(rows, out.with_suffix(".png"))
     print(markdown(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    if a.stages:
+        stage_breakdown(rows, data, a, out.with_name(out.name.replace("loaders-", "stages-")), device_name)
     return 0
 
 

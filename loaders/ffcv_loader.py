@@ -16,6 +16,10 @@ from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_in
 
 class FFCVLoader(BaseLoader):
     # ffcv has no RandAugment; its crop and flip run in numba-compiled code on the CPU.
+    # DCT-scaled decode (loaders/ffcv_decode.py); False: ffcv's own full-decode decoders
+    # (bench.loaders' `ffcv-fulldecode`, the before of the before/after).
+    fast_decode = True
+
     def __init__(self, cfg: LoaderConfig):
         require("ffcv", "ffcv")
         from ffcv.reader import Reader
@@ -36,6 +40,9 @@ class FFCVLoader(BaseLoader):
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
         cfg, device = self.cfg, self.cfg.torch_device
         size = (cfg.image_size, cfg.image_size)
+        if self.fast_decode:
+            from .ffcv_decode import ScaledCenterCropDecoder as CenterCropRGBImageDecoder
+            from .ffcv_decode import ScaledRandomResizedCropDecoder as RandomResizedCropRGBImageDecoder
         if cfg.is_train:
             image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio)]
             image += [RandomHorizontalFlip()] if cfg.hflip else []
