@@ -25,16 +25,16 @@ from fastmix.perf.cost import Efficiency, predict_step
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def is_variant(backend: str) -> bool:
-    """bench.loaders' before-variants (`ffcv-fulldecode`, `<name>:mmap`): not loaders a user picks."""
-    return ":" in backend or backend.endswith("-fulldecode")
+def is_variant(row: dict) -> bool:
+    """bench.loaders' before-measurements (`ffcv-fulldecode`, `<name>:mmap`): not loaders a user picks."""
+    return "variant_of" in row or ":" in row["backend"] or row["backend"].endswith("-fulldecode")
 
 
 def per_core_rates(loaders: dict, path: Path) -> dict[tuple[str, int], float]:
     """(backend, image size) -> images/s per CPU core used, from a bench.loaders JSON."""
     rates = {}
     for r in loaders.get("rows", []):
-        if is_variant(r["backend"]) or r["backend"] == "synthetic":
+        if is_variant(r) or r["backend"] == "synthetic":
             continue
         if r.get("cpu_cores_used", 0) <= 0 or r.get("images_per_s", 0) <= 0:
             raise ValueError(f"{path}: row {r['backend']} at {r['image_size']} px has no positive "

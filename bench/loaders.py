@@ -8,7 +8,12 @@ start-up), steady-state images/s over the following epochs, CPU cores used (proc
 waited-for children included, / wall time), and peak RSS. Reference lines from the same run:
 the raw decode limit (libjpeg-turbo decode of the same stored bytes on one core, times the
 cores given) and the training-step throughput of `--model` on the present device. Writes JSON
-+ PNG under bench/results/ and prints a markdown table.
++ PNG under bench/results/ and prints a markdown table. `--stages` adds the per-stage cost
+breakdown of each CPU backend (bench/stages.py) from the same run: stages-*.json + PNG.
+
+Before/after in one run: `ffcv-fulldecode` is ffcv with its own full-decode decoders (before
+loaders/ffcv_decode.py); any name with `:mmap` hands its batches to normalization on fresh
+mmap'd pages (before loaders/cpu_alloc.py). Their rows carry `variant_of`.
 """
 from __future__ import annotations
 
@@ -102,6 +107,12 @@ def build_loader(backend: str, data: str, size: int, args):
     if not fast:
         loader.fast_decode = False
     return loader
+
+
+def variant_of(backend: str) -> str:
+    """The loader a benchmark name measures: `ffcv-fulldecode` and `<name>:mmap` are its befores."""
+    name = backend.partition(":")[0]
+    return "ffcv" if name == "ffcv-fulldecode" else name
 
 
 def measure(backend: str, data: str, size: int, args) -> dict:
@@ -248,7 +259,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/demo", help="a converted folder")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic")
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic",
+                   help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
+                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py)")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
@@ -286,6 +299,8 @@ def main(argv=None) -> int:
                     print(f"skip {backend}: {e}")
                     continue
             row["decode_limit_images_per_s"] = round(limits["ffcv" if backend.startswith("ffcv") else "wds"], 1)
+            if backend != variant_of(backend):  # a before-measurement, not a loader to pick (bench.feed skips it)
+                row["variant_of"] = variant_of(backend)
             rows.append(row)
             print(row, flush=True)
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu"

@@ -8,10 +8,11 @@ per image, the smallest of those scales that still leaves the crop at least the 
 then crop and resize as ffcv does. The crop is drawn by ffcv's own `get_random_crop` (the
 distribution of torchvision's RandomResizedCrop), so only the decode changes.
 
-Measured and rejected (bench/stages.py, README "Loading"): region-of-interest decode through
-ffcv's `imdecode(enable_crop=True)`, which is TurboJPEG's lossless `tjTransform` crop. It
-entropy-decodes the whole image, re-encodes the crop, then decodes that: ~1.5x slower than a full
-decode. Non-power-of-two scales (3/8 ... 7/8) were slower than full decode too (no SIMD IDCT).
+Measured and rejected: region-of-interest decode through ffcv's `imdecode(enable_crop=True)`,
+which is TurboJPEG's lossless `tjTransform` crop. It entropy-decodes the whole image, re-encodes
+the crop, then decodes that: as slow as a full decode or slower, 1.0-1.5x in side-by-side runs
+(bench.stages reports it as `decode_roi_tjtransform_for_reference`). Non-power-of-two scales
+(3/8 ... 7/8) were slower than a full decode too (no SIMD IDCT for them in libjpeg-turbo).
 """
 from __future__ import annotations
 
