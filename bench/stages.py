@@ -5,7 +5,7 @@
 
 Each stage of a backend's train path (read, decode, crop/resize, flip, collate, convert +
 normalize) is run on its own, on one core (one thread for OpenCV, torch and DALI), over every
-stored image, best of `repeats` passes; a stage's cost is its time per image. DALI's stages
+stored image, best of `repeats` passes; a stage's cost is its CPU time per image. DALI's stages
 run inside its pipeline, so they are measured as differences between pipelines that stop one
 operator later (reader; + fused crop-decode; + resize; + crop_mirror). With the loader table
 (bench.loaders --stages), "hand-off + other" is what the loader spent beyond those stages:
@@ -30,12 +30,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best_us(fn, n: int, repeats: int) -> float:
-    """Best-of-`repeats` wall time of fn() in microseconds per item (the machine is noisy)."""
+    """Best-of-`repeats` CPU time of fn() (this process, all its threads) in microseconds per
+    item: CPU time, as the loader's cost per image is, so time spent descheduled on a busy
+    machine does not count as work."""
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best / n * 1e6
 
 
@@ -139,12 +141,21 @@ def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> d
             c0, c1 = scaled_span(j, w, d, b.shape[1])
             resize_crop(b, r0, r1, c0, c1, dst[k])
     out["crop/resize"] = best_us(crop_resize, n, repeats)
-    flips = np.random.rand(n) < 0.5
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.transforms import RandomHorizontalFlip
 
-    def flip():  # what ffcv's RandomHorizontalFlip does, in place
-        for k in np.flatnonzero(flips):
-            dst[k] = dst[k, :, ::-1]
-    out["flip"] = best_us(flip, n, repeats)
+    from loaders.ffcv_decode import flip_in_place
+    Compiler.set_num_threads(1)
+    if fast:  # fused into the decoder: half the images mirrored in place
+        flip_c = Compiler.compile(flip_in_place)
+        flip_c(dst[0])  # compile outside the timing
+        out["flip"] = best_us(lambda: [flip_c(dst[k]) for k in range(0, n, 2)], n, repeats)
+    else:  # ffcv's RandomHorizontalFlip: every image copied, flipped or not
+        flip_c = Compiler.compile(RandomHorizontalFlip().generate_code())
+        flipped = np.empty_like(dst)
+        flip_c(dst[:batch], flipped[:batch])
+        out["flip"] = best_us(lambda: [flip_c(dst[k:k + batch], flipped[k:k + batch]) for k in range(0, n, batch)],
+                              n, repeats)
     out["collate"] = 0.0  # ffcv decodes straight into the batch buffer
     batches = [torch.from_numpy(dst[k:k + batch]).permute(0, 3, 1, 2) for k in range(0, n, batch)]  # ToTorchImage
     out["convert+normalize"] = _normalize_us(batches, size, repeats)

@@ -12,7 +12,7 @@ pytest.importorskip("ffcv")
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder  # noqa: E402
 
 from loaders import make_loader  # noqa: E402
-from loaders.ffcv_decode import _ScaledDecodeMixin, dct_denominator, scaled_span  # noqa: E402
+from loaders.ffcv_decode import _ScaledDecodeMixin, dct_denominator, flip_in_place, scaled_span  # noqa: E402
 
 # Mean absolute difference per image in normalized units (ImageNet std ~0.225; 0.1 is ~5.7 levels
 # of 255). Measured on the demo photos at 64 px: up to 0.059 (fixed crop, 1/2 scale) and 0.082
@@ -37,6 +37,15 @@ def test_scaled_span_maps_source_pixels_to_the_scaled_image():
     assert scaled_span(0, 500, 4, 125) == (0, 125)
     assert scaled_span(490, 10, 8, 63) == (61, 63)     # clipped to the scaled image
     assert scaled_span(7, 1, 1, 100) == (7, 8)
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 224])
+def test_in_place_flip_mirrors_left_right(width):
+    from numba import njit
+    image = np.random.default_rng(width).integers(0, 256, (5, width, 3), dtype=np.uint8)
+    flipped = image.copy()
+    njit(flip_in_place)(flipped)
+    assert np.array_equal(flipped, image[:, ::-1])
 
 
 def fixed_crop(height, width, scale, ratio):
@@ -83,6 +92,16 @@ def test_scaled_decode_matches_full_decode_for_the_same_crop(converted):
     assert scaled.any() and (~scaled).any()
     same = (full == fast).flatten(1).all(dim=1).numpy()
     assert same[~scaled].all() and not same[scaled].all()
+
+
+def test_fused_flip_mirrors_the_decoded_crop(converted):
+    out, manifest = converted
+    beton = out / manifest["splits"]["train"]["beton"]
+    plain, _ = decode_all(beton, _FixedScaled((64, 64)))
+    always = _FixedScaled((64, 64))
+    always.flip_prob = 1.0
+    mirrored, _ = decode_all(beton, always)
+    assert torch.equal(mirrored, plain.flip(2))  # NHWC: W is dim 2
 
 
 @pytest.mark.parametrize("split", ["val", "train"])
