@@ -86,7 +86,7 @@ def size_quality_table(files: list[Path], sides: list[int], qualities: list[int]
             rows.append({"max_side": side, "quality": q,
                          "kb_per_image": round(float(np.mean([e.nbytes for e in encoded])) / 1e3, 1),
                          "raw_kb_per_image": round(float(np.mean([a.nbytes for a in arrays])) / 1e3, 1),
-                         "decode_images_per_s_1core": round(rate, 1),
+                         "decode_images_per_s_1core": round(rate, 1) if jpegs else None,
                          "psnr_db": round(psnr, 2)})
             print(rows[-1])
     return rows
@@ -100,8 +100,9 @@ def beton_entries(path: Path):
     labels = labels[labels.dtype.names[0]] if labels.dtype.names else labels  # IntField: plain ints
     sizes = {int(p): int(n) for p, n in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
     mm = np.memmap(path, np.uint8, mode="r")
-    return [(int(m["mode"]), int(m["height"]), int(m["width"]), mm[int(m["data_ptr"]):int(m["data_ptr"]) + sizes[int(m["data_ptr"])]])
-            for m in meta], labels.astype(int)
+    ptrs = [int(m["data_ptr"]) for m in meta]
+    return [(int(m["mode"]), int(m["height"]), int(m["width"]), mm[p:p + sizes[p]])
+            for m, p in zip(meta, ptrs)], labels.astype(int)
 
 
 def center_crop(img: np.ndarray, size: int, crop_ratio: float = 224 / 256) -> np.ndarray:
@@ -122,7 +123,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def storage_table(files: list[Path], configs: list[str], quality: int, train_size: int,
                   repeats: int = 3) -> list[dict]:
     """ffcv write modes x max sides, each written by fastmix.data.convert (ffcv's RGBImageField):
-    bytes per image, ffcv decode rate (one core; raw: nothing to decode), decode + RandomResizedCrop
+    bytes per image, the decode limit's rate (bench/decode.py, one core; raw: nothing to decode;
+    proportion: per image of the mix), decode + RandomResizedCrop
     to `train_size` through loaders/ffcv_decode.py's path, and PSNR against the source photo, both
     at the stored size and after the val transform at `train_size`."""
     import cv2
@@ -148,13 +150,12 @@ def storage_table(files: list[Path], configs: list[str], quality: int, train_siz
             beton = out / m["splits"]["train"]["beton"]
             entries, labels = beton_entries(beton)
             bufs = [np.empty((h, w, 3), np.uint8) for _, h, w, _ in entries]
-
-            def decode():
-                for (mo, h, w, data), b in zip(entries, bufs):
-                    if mo == 0:
-                        imdecode(data, b, h, w, h, w, 0, 0, 1, 1, False, False)
-            rate = len(entries) / max(min(_timed(decode) for _ in range(repeats)), 1e-9)
-            decode()
+            jpegs = [data for mo, _, _, data in entries if mo == 0]
+            # The one decode limit (bench/decode.py) over the JPEG entries; raw ones cost no decode.
+            rate = len(entries) / (len(jpegs) / decode_rate_per_core(jpegs, repeats)) if jpegs else float("inf")
+            for (mo, h, w, data), b in zip(entries, bufs):
+                if mo == 0:
+                    imdecode(data, b, h, w, h, w, 0, 0, 1, 1, False, False)
             images = [b.copy() if mo == 0 else data.reshape(h, w, 3) for (mo, h, w, data), b in zip(entries, bufs)]
             np.random.seed(0)
             crops = [get_random_crop(h, w, np.array((0.08, 1.0)), np.array((3 / 4, 4 / 3))) for _, h, w, _ in entries]
@@ -185,7 +186,7 @@ def storage_table(files: list[Path], configs: list[str], quality: int, train_siz
                          "kb_per_image": round(sum(e[3].nbytes for e in entries) / len(entries) / 1e3, 1),
                          "beton_mb": round(beton.stat().st_size / 1e6, 1),
                          "jpeg_share": round(float(np.mean([e[0] == 0 for e in entries])), 2),
-                         "decode_images_per_s_1core": round(rate, 1),
+                         "decode_images_per_s_1core": round(rate, 1) if jpegs else None,
                          f"decode_crop_{train_size}_images_per_s_1core": round(crop_rate, 1),
                          "psnr_stored_db": round(float(np.mean(stored)), 2),
                          f"psnr_at_{train_size}_db": round(float(np.mean(at_size)), 2)})
@@ -205,7 +206,7 @@ def storage_markdown(rows: list[dict], train_size: int) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mode = r["write_mode"] + (f" p={r['compress_probability']}" if r["compress_probability"] is not None else "")
-        decode = "no decode" if r["jpeg_share"] == 0 else r["decode_images_per_s_1core"]
+        decode = "no decode" if r["decode_images_per_s_1core"] is None else r["decode_images_per_s_1core"]
         lines.append(f"| {mode} | {r['max_side']} | {r['kb_per_image']} | {r['kb_per_image'] * 126_689 / 1e6:.1f} | "
                      f"{r['jpeg_share']} | {decode} | {r[f'decode_crop_{train_size}_images_per_s_1core']} | "
                      f"{r['psnr_stored_db']} | {r[f'psnr_at_{train_size}_db']} |")

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     rows = table(a.model, a.batch, sizes, rates, measured_rates(a.measured, a.measured_gpu, a.model), eff,
                  load_catalog(a.catalog))
     out = Path(a.out) if a.out else path.with_name(path.name.replace("loaders-", "feed-"))
-    result = {"loaders": str(path), "loader_device": loaders.get("device"), "loader_cpu_count": loaders.get("cpu_count"),
+    result = {"loaders": str(path), "loader_device": loaders.get("device"),
+              "loader_cpu_count": loaders.get("cpu_count"),
               "model": a.model, "batch": a.batch, "efficiency": eff.source, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -11,7 +11,9 @@ operator later (reader; + fused crop-decode; + resize; + crop_mirror). With the 
 (bench.loaders --stages), "hand-off + other" is what the loader spent beyond those stages:
 its CPU time per image (cores used / images per s) minus their sum: worker IPC or thread
 hand-off, batching, scheduling, and contention between the busy cores. Next to each bar, the
-decode-only limit for the same stored bytes (bench/decode.py).
+decode-only limit for the same stored bytes (bench/decode.py). The stages are best-of-N on an
+idle core and the loader is one long window with every core busy, so on a shared machine the
+residual absorbs the difference; a negative one means the run was too noisy to split.
 """
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def test_scaled_decode_matches_full_decode_for_the_same_crop(converted):
     # The scaled path ran (some images differ) and the unscaled one is ffcv's, bit for bit.
     from ffcv.reader import Reader
     meta = Reader(str(beton)).metadata["f0"]
-    scaled = np.array([dct_denominator(h // 2 + 3, w // 2 + 5, 64, 64) > 1 for h, w in zip(meta["height"], meta["width"])])
+    scaled = np.array([dct_denominator(h // 2 + 3, w // 2 + 5, 64, 64) > 1
+                       for h, w in zip(meta["height"], meta["width"])])
     assert scaled.any() and (~scaled).any()
     same = (full == fast).flatten(1).all(dim=1).numpy()
     assert same[~scaled].all() and not same[scaled].all()
