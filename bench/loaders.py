@@ -84,11 +84,36 @@ def run_epoch(loader) -> int:
     return n
 
 
+def ffcv_side(backend: str) -> int | None:
+    """`ffcv@320` -> 320: ffcv reading a .beton stored at that max side (a storage choice)."""
+    name = backend.partition(":")[0]
+    return int(name.split("@", 1)[1]) if name.startswith("ffcv") and "@" in name else None
+
+
+def side_variant(data: str, side: int) -> str:
+    return f"{data.rstrip('/')}-ffcv{side}"
+
+
+def prepare_side_variant(data: str, side: int) -> str:
+    """The same photos as `data`, as a .beton at max side `side` (same quality), converted once."""
+    from fastmix.data.convert import ConvertConfig, convert
+    out = side_variant(data, side)
+    if not (Path(out) / "manifest.json").exists():
+        m = json.loads((Path(data) / "manifest.json").read_text())
+        convert(ConvertConfig(source=m["source"]["path"], out=out, num_classes=None, splits=("train",),
+                              formats=("ffcv",), max_side=side, quality=m["options"]["quality"], overwrite=True))
+    return out
+
+
 def build_loader(backend: str, data: str, size: int, args):
     """A benchmark name -> its loader. Besides the backends: `dali-cpu`/`dali-gpu` (the decode
-    device), `ffcv-fulldecode` (ffcv's own decoders: the before of the DCT-scaled decode), and a
+    device), `ffcv-fulldecode` (ffcv's own decoders: the before of the DCT-scaled decode),
+    `ffcv@SIDE` (ffcv on the same photos stored at max side SIDE: prepare_side_variant), and a
     `:mmap` suffix on any name (the normalized batches are fresh mmap'd pages, as before
     loaders/cpu_alloc.py). The suffix must be applied in the measuring process, before any batch."""
+    side = ffcv_side(backend)
+    if side:
+        data, backend = side_variant(data, side), backend.replace(f"@{side}", "", 1)
     name, _, flag = backend.partition(":")
     if flag not in ("", "mmap"):
         raise ValueError(f"backend {backend!r}: unknown suffix {flag!r} (only ':mmap')")
@@ -136,10 +161,12 @@ def measure(backend: str, data: str, size: int, args) -> dict:
 
 def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
     """The JPEG bytes each format actually stores (the .beton holds its own q-encoded copies)."""
-    from loaders.common import LoaderConfig
+    from loaders.common import LoaderConfig, manifest_split
     from loaders.shardindex import ShardIndex
-    index = ShardIndex(LoaderConfig(data=data))
-    out = {"wds": [index.read(i) for i in range(min(limit, len(index)))]}
+    out = {}
+    if manifest_split(LoaderConfig(data=data))["shards"]:  # an ffcv-only conversion has none
+        index = ShardIndex(LoaderConfig(data=data))
+        out["wds"] = [index.read(i) for i in range(min(limit, len(index)))]
     beton = Path(data) / "ffcv" / "train.beton"
     if beton.is_file():
         from ffcv.reader import Reader
@@ -243,7 +270,7 @@ def stage_breakdown(rows: list[dict], data: str, a, out: Path, device_name: str)
     from bench import stages
     staged = []
     for r in rows:
-        if r["backend"].partition(":")[0] not in stages.CPU_BACKENDS:
+        if r["backend"].partition(":")[0].split("@")[0] not in stages.CPU_BACKENDS:
             continue
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             staged.append(pool.submit(stages.measure_stages, r["backend"], data, r["image_size"], a.batch_size,
@@ -261,7 +288,8 @@ def main(argv=None) -> int:
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
     p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic",
                    help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
-                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py)")
+                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py); "
+                        "and ffcv@SIDE: ffcv on the same photos stored at max side SIDE (converted once)")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
@@ -283,6 +311,8 @@ def main(argv=None) -> int:
         a.imagefolder = manifest["source"]["path"]
     backends = [b for b in a.backends.split(",") if b != "dali-gpu" or a.device.startswith("cuda")]
     jpegs = stored_jpegs(data, limit=100_000)  # every stored file (the decode limit's files: README)
+    for side in sorted({ffcv_side(b) for b in backends} - {None}):
+        jpegs[f"ffcv@{side}"] = stored_jpegs(prepare_side_variant(data, side), limit=100_000)["ffcv"]
     per_core = {fmt: decode_rate_per_core(b) for fmt, b in jpegs.items()}
     limits = {fmt: rate * a.workers for fmt, rate in per_core.items()}
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -298,7 +328,8 @@ def main(argv=None) -> int:
                 except (ImportError, FileNotFoundError) as e:
                     print(f"skip {backend}: {e}")
                     continue
-            row["decode_limit_images_per_s"] = round(limits["ffcv" if backend.startswith("ffcv") else "wds"], 1)
+            fmt = f"ffcv@{ffcv_side(backend)}" if ffcv_side(backend) else "ffcv" if backend.startswith("ffcv") else "wds"
+            row["decode_limit_images_per_s"] = round(limits[fmt], 1)
             if backend != variant_of(backend):  # a before-measurement, not a loader to pick (bench.feed skips it)
                 row["variant_of"] = variant_of(backend)
             rows.append(row)

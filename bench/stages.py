@@ -238,6 +238,9 @@ def measure_stages(backend: str, data: str, size: int, batch: int = 64, repeats:
     """One backend's stage costs (us/image) at `size`, in this process, on one core."""
     one_core()
     name, _, flag = backend.partition(":")
+    if name.startswith("ffcv@"):  # the same photos stored at a lower max side (bench.loaders)
+        from bench.loaders import side_variant
+        data, name = side_variant(data, int(name.split("@")[1])), "ffcv"
     if flag == "mmap":  # as bench.loaders: normalized batches on fresh mmap'd pages
         from loaders import cpu_alloc
         cpu_alloc._done = True

@@ -56,3 +56,12 @@ def test_hand_off_is_what_the_loader_spent_beyond_its_stages():
     assert s["loader_cpu_us_per_image"] == 2000.0  # 2 cores / 1000 img/s
     assert s["us_per_image"]["hand-off+other"] == 2000.0 - 1730.0  # the reference field is not a stage
     assert s["decode_limit_us_per_image"] == 1000.0
+
+
+def test_benchmark_names_say_which_loader_and_which_before():
+    from bench.loaders import ffcv_side, side_variant, variant_of
+    assert ffcv_side("ffcv@320") == 320 and ffcv_side("ffcv@256:mmap") == 256
+    assert ffcv_side("ffcv") is None and ffcv_side("pil:mmap") is None
+    assert side_variant("data/x/", 320) == "data/x-ffcv320"
+    assert variant_of("ffcv-fulldecode") == "ffcv" and variant_of("pil:mmap") == "pil"
+    assert variant_of("ffcv@320") == "ffcv@320"  # a storage choice a user can pick, not a before
