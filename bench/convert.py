@@ -2,6 +2,9 @@
 
     python -m bench.convert --images ../shared/data/imagenet-sample   # real photos
     python -m bench.convert                                           # demo source
+    python -m bench.convert --images ../shared/data/imagenet-sample --skip-throughput --skip-quality \
+        --storage jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 \
+        --out bench/results/storage-cpu2.json                          # ffcv storage choices
 
 Writes bench/results/convert-<host>.json, a PNG of the table, and prints the markdown table.
 The table encodes as ffcv's RGBImageField does (OpenCV, libjpeg-turbo) and decodes with
@@ -83,10 +86,150 @@ def size_quality_table(files: list[Path], sides: list[int], qualities: list[int]
             rows.append({"max_side": side, "quality": q,
                          "kb_per_image": round(float(np.mean([e.nbytes for e in encoded])) / 1e3, 1),
                          "raw_kb_per_image": round(float(np.mean([a.nbytes for a in arrays])) / 1e3, 1),
-                         "decode_images_per_s_1core": round(rate, 1),
+                         "decode_images_per_s_1core": round(rate, 1) if jpegs else None,
                          "psnr_db": round(psnr, 2)})
             print(rows[-1])
     return rows
+
+
+def beton_entries(path: Path):
+    """Every stored image of a .beton: (mode 0 jpg / 1 raw, height, width, bytes view), label order."""
+    from ffcv.reader import Reader
+    reader = Reader(str(path))
+    meta, labels = reader.metadata["f0"], reader.metadata["f1"]
+    labels = labels[labels.dtype.names[0]] if labels.dtype.names else labels  # IntField: plain ints
+    sizes = {int(p): int(n) for p, n in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
+    mm = np.memmap(path, np.uint8, mode="r")
+    ptrs = [int(m["data_ptr"]) for m in meta]
+    return [(int(m["mode"]), int(m["height"]), int(m["width"]), mm[p:p + sizes[p]])
+            for m, p in zip(meta, ptrs)], labels.astype(int)
+
+
+def center_crop(img: np.ndarray, size: int, crop_ratio: float = 224 / 256) -> np.ndarray:
+    """The val transform at `size`: shorter side to size / crop_ratio (INTER_AREA), center crop."""
+    import cv2
+    h, w = img.shape[:2]
+    s = round(size / crop_ratio) / min(h, w)
+    img = cv2.resize(img, (max(size, round(w * s)), max(size, round(h * s))), interpolation=cv2.INTER_AREA)
+    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    return img[top:top + size, left:left + size]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 10 * np.log10(255 ** 2 / max(mse, 1e-4))  # identical images: 88 dB, not infinity
+
+
+def storage_table(files: list[Path], configs: list[str], quality: int, train_size: int,
+                  repeats: int = 3) -> list[dict]:
+    """ffcv write modes x max sides, each written by fastmix.data.convert (ffcv's RGBImageField):
+    bytes per image, the decode limit's rate (bench/decode.py, one core; raw: nothing to decode;
+    proportion: per image of the mix), decode + RandomResizedCrop
+    to `train_size` through loaders/ffcv_decode.py's path, and PSNR against the source photo, both
+    at the stored size and after the val transform at `train_size`."""
+    import cv2
+    from ffcv.fields.rgb_image import get_random_crop
+    from ffcv.libffcv import imdecode, resize_crop
+
+    from loaders.ffcv_decode import dct_denominator, scaled_span
+    cv2.setNumThreads(1)
+    sources = [np.asarray(open_rgb(f.read_bytes(), 1 << 20)[0]) for f in files]  # full size, RGB
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src" / "train"
+        for k, f in enumerate(files):  # one class per photo: label k is files[k]
+            (src / f"n{k:08d}").mkdir(parents=True)
+            (src / f"n{k:08d}" / f.name).symlink_to(f.resolve())
+        for spec in configs:
+            mode, _, side = spec.partition(":")
+            mode, prob = (mode.split("@") + ["0.5"])[:2] if "@" in mode else (mode, "0.5")
+            out = Path(tmp) / spec.replace(":", "-").replace("@", "-")
+            m = convert(ConvertConfig(source=str(src.parent), out=str(out), num_classes=None, splits=("train",),
+                                      formats=("ffcv",), max_side=int(side), quality=quality, write_mode=mode,
+                                      compress_probability=float(prob)))
+            beton = out / m["splits"]["train"]["beton"]
+            entries, labels = beton_entries(beton)
+            bufs = [np.empty((h, w, 3), np.uint8) for _, h, w, _ in entries]
+            jpegs = [data for mo, _, _, data in entries if mo == 0]
+            # The one decode limit (bench/decode.py) over the JPEG entries; raw ones cost no decode.
+            rate = len(entries) / (len(jpegs) / decode_rate_per_core(jpegs, repeats)) if jpegs else float("inf")
+            for (mo, h, w, data), b in zip(entries, bufs):
+                if mo == 0:
+                    imdecode(data, b, h, w, h, w, 0, 0, 1, 1, False, False)
+            images = [b.copy() if mo == 0 else data.reshape(h, w, 3) for (mo, h, w, data), b in zip(entries, bufs)]
+            np.random.seed(0)
+            crops = [get_random_crop(h, w, np.array((0.08, 1.0)), np.array((3 / 4, 4 / 3))) for _, h, w, _ in entries]
+            dst = np.empty((train_size, train_size, 3), np.uint8)
+
+            def decode_crop():  # as ScaledRandomResizedCropDecoder does per image
+                for (mo, h, w, data), b, (i, j, ch, cw) in zip(entries, bufs, crops):
+                    d = dct_denominator(ch, cw, train_size, train_size) if mo == 0 else 1
+                    if mo == 0:
+                        imdecode(data, b, h, w, h, w, 0, 0, 1, d, False, False)
+                        sh, sw = -(-h // d), -(-w // d)
+                        img = b.reshape(-1)[:3 * sh * sw].reshape(sh, sw, 3)
+                    else:
+                        img, sh, sw = data.reshape(h, w, 3), h, w
+                    r0, r1 = scaled_span(i, ch, d, sh)
+                    c0, c1 = scaled_span(j, cw, d, sw)
+                    resize_crop(img, r0, r1, c0, c1, dst)
+            crop_rate = len(entries) / min(_timed(decode_crop) for _ in range(repeats))
+            stored, at_size = [], []
+            for img, label in zip(images, labels):
+                ref = sources[label]
+                if ref.shape[:2] != img.shape[:2]:  # shrunk as the converter shrinks it (open_rgb)
+                    ref = np.asarray(open_rgb(files[label].read_bytes(), int(side))[0])
+                stored.append(psnr(img, ref))
+                at_size.append(psnr(center_crop(img, train_size), center_crop(sources[label], train_size)))
+            rows.append({"write_mode": mode, "compress_probability": float(prob) if mode == "proportion" else None,
+                         "max_side": int(side), "quality": quality,
+                         "kb_per_image": round(sum(e[3].nbytes for e in entries) / len(entries) / 1e3, 1),
+                         "beton_mb": round(beton.stat().st_size / 1e6, 1),
+                         "jpeg_share": round(float(np.mean([e[0] == 0 for e in entries])), 2),
+                         "decode_images_per_s_1core": round(rate, 1) if jpegs else None,
+                         f"decode_crop_{train_size}_images_per_s_1core": round(crop_rate, 1),
+                         "psnr_stored_db": round(float(np.mean(stored)), 2),
+                         f"psnr_at_{train_size}_db": round(float(np.mean(at_size)), 2)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def storage_markdown(rows: list[dict], train_size: int) -> str:
+    lines = [f"| write mode | max side | KB/image | ImageNet-100 train GB | JPEG share | decode img/s (1 core) | "
+             f"decode + crop to {train_size} img/s (1 core) | PSNR stored dB | PSNR at {train_size} px dB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mode = r["write_mode"] + (f" p={r['compress_probability']}" if r["compress_probability"] is not None else "")
+        decode = "no decode" if r["decode_images_per_s_1core"] is None else r["decode_images_per_s_1core"]
+        lines.append(f"| {mode} | {r['max_side']} | {r['kb_per_image']} | {r['kb_per_image'] * 126_689 / 1e6:.1f} | "
+                     f"{r['jpeg_share']} | {decode} | {r[f'decode_crop_{train_size}_images_per_s_1core']} | "
+                     f"{r['psnr_stored_db']} | {r[f'psnr_at_{train_size}_db']} |")
+    return "\n".join(lines)
+
+
+def storage_plot(rows: list[dict], train_size: int, path: Path) -> None:
+    """Disk per image against loader work per image, one point per storage choice, PSNR labelled."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        x, y = r["kb_per_image"], r[f"decode_crop_{train_size}_images_per_s_1core"]
+        ax.scatter(x, y, color="C0" if r["write_mode"] == "jpg" else "C1" if r["write_mode"] == "raw" else "C2")
+        ax.annotate(f"{r['write_mode']} {r['max_side']}\n{r[f'psnr_at_{train_size}_db']} dB", (x, y), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set(xlabel="KB per image (log)", ylabel=f"decode + crop to {train_size} px, img/s on one core",
+           title=f"ffcv storage choices (PSNR at {train_size} px against the source)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def markdown(rows: list[dict], n_images: int) -> str:
@@ -124,6 +267,12 @@ def main(argv=None) -> int:
     p.add_argument("--qualities", default="75,85,90,95")
     p.add_argument("--workers", default=f"1,{os.cpu_count() or 1}")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-quality", action="store_true", help="skip the max side x quality table")
+    p.add_argument("--storage", default=None,
+                   help="ffcv storage table: MODE:MAXSIDE,... (MODE jpg | raw | proportion@P), e.g. "
+                        "jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256")
+    p.add_argument("--storage-size", type=int, default=160, help="training resolution for the storage table")
+    p.add_argument("--storage-quality", type=int, default=90)
     p.add_argument("--out", default=str(RESULTS / f"convert-{platform.node() or 'host'}.json"))
     a = p.parse_args(argv)
     files = photo_files(a.images)
@@ -131,13 +280,22 @@ def main(argv=None) -> int:
               "n_images": len(files), "platform": platform.platform()}
     if not a.skip_throughput:
         result["throughput"] = throughput(files, sorted({int(w) for w in a.workers.split(",")}))
-    result["table"] = size_quality_table(files, [int(s) for s in a.sides.split(",")],
-                                         [int(q) for q in a.qualities.split(",")])
+    if not a.skip_quality:
+        result["table"] = size_quality_table(files, [int(s) for s in a.sides.split(",")],
+                                             [int(q) for q in a.qualities.split(",")])
+    if a.storage:
+        result["storage"] = storage_table(files, a.storage.split(","), a.storage_quality, a.storage_size)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
-    plot(result["table"], Path(a.out).with_suffix(".png"))
-    print(markdown(result["table"], len(files)))
-    print(f"wrote {a.out} and {Path(a.out).with_suffix('.png')}")
+    if "table" in result:
+        plot(result["table"], Path(a.out).with_suffix(".png"))
+        print(markdown(result["table"], len(files)))
+    if "storage" in result:
+        png = Path(a.out).with_name(Path(a.out).stem + ("-storage.png" if "table" in result else ".png"))
+        storage_plot(result["storage"], a.storage_size, png)
+        print(storage_markdown(result["storage"], a.storage_size))
+        print(f"wrote {png}")
+    print(f"wrote {a.out}" + (f" and {Path(a.out).with_suffix('.png')}" if "table" in result else ""))
     return 0
 
 

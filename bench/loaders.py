@@ -8,7 +8,12 @@ start-up), steady-state images/s over the following epochs, CPU cores used (proc
 waited-for children included, / wall time), and peak RSS. Reference lines from the same run:
 the raw decode limit (libjpeg-turbo decode of the same stored bytes on one core, times the
 cores given) and the training-step throughput of `--model` on the present device. Writes JSON
-+ PNG under bench/results/ and prints a markdown table.
++ PNG under bench/results/ and prints a markdown table. `--stages` adds the per-stage cost
+breakdown of each CPU backend (bench/stages.py) from the same run: stages-*.json + PNG.
+
+Before/after in one run: `ffcv-fulldecode` is ffcv with its own full-decode decoders (before
+loaders/ffcv_decode.py); any name with `:mmap` hands its batches to normalization on fresh
+mmap'd pages (before loaders/cpu_alloc.py). Their rows carry `variant_of`.
 """
 from __future__ import annotations
 
@@ -79,15 +84,65 @@ def run_epoch(loader) -> int:
     return n
 
 
-def measure(backend: str, data: str, size: int, args) -> dict:
+def ffcv_side(backend: str) -> int | None:
+    """`ffcv@320` -> 320: ffcv reading a .beton stored at that max side (a storage choice)."""
+    name = backend.partition(":")[0]
+    return int(name.split("@", 1)[1]) if name.startswith("ffcv") and "@" in name else None
+
+
+def side_variant(data: str, side: int) -> str:
+    return f"{data.rstrip('/')}-ffcv{side}"
+
+
+def prepare_side_variant(data: str, side: int) -> str:
+    """The same photos as `data`, as a .beton at max side `side` (same quality), converted once."""
+    from fastmix.data.convert import ConvertConfig, convert
+    out = side_variant(data, side)
+    if not (Path(out) / "manifest.json").exists():
+        m = json.loads((Path(data) / "manifest.json").read_text())
+        convert(ConvertConfig(source=m["source"]["path"], out=out, num_classes=None, splits=("train",),
+                              formats=("ffcv",), max_side=side, quality=m["options"]["quality"], overwrite=True))
+    return out
+
+
+def build_loader(backend: str, data: str, size: int, args):
+    """A benchmark name -> its loader. Besides the backends: `dali-cpu`/`dali-gpu` (the decode
+    device), `ffcv-fulldecode` (ffcv's own decoders: the before of the DCT-scaled decode),
+    `ffcv@SIDE` (ffcv on the same photos stored at max side SIDE: prepare_side_variant), and a
+    `:mmap` suffix on any name (the normalized batches are fresh mmap'd pages, as before
+    loaders/cpu_alloc.py). The suffix must be applied in the measuring process, before any batch."""
+    side = ffcv_side(backend)
+    if side:
+        data, backend = side_variant(data, side), backend.replace(f"@{side}", "", 1)
+    name, _, flag = backend.partition(":")
+    if flag not in ("", "mmap"):
+        raise ValueError(f"backend {backend!r}: unknown suffix {flag!r} (only ':mmap')")
+    if flag == "mmap":
+        from loaders import cpu_alloc
+        cpu_alloc._done = True  # keep_batch_buffers() then leaves glibc's defaults alone
     kw = {"batch_size": args.batch_size, "image_size": size, "device": args.device, "workers": args.workers,
           "dtype": args.dtype}
-    if backend in ("dali-cpu", "dali-gpu"):
-        kw["decode_device"] = "cpu" if backend == "dali-cpu" else "mixed"
-    if backend == "pil":
+    if name in ("dali-cpu", "dali-gpu"):
+        kw["decode_device"] = "cpu" if name == "dali-cpu" else "mixed"
+        name = "dali"
+    if name == "pil":
         kw["imagefolder"] = args.imagefolder
+    fast = name != "ffcv-fulldecode"
+    loader = make_loader("ffcv" if not fast else name, data, "train", **kw)
+    if not fast:
+        loader.fast_decode = False
+    return loader
+
+
+def variant_of(backend: str) -> str:
+    """The loader a benchmark name measures: `ffcv-fulldecode` and `<name>:mmap` are its befores."""
+    name = backend.partition(":")[0]
+    return "ffcv" if name == "ffcv-fulldecode" else name
+
+
+def measure(backend: str, data: str, size: int, args) -> dict:
     rss = PeakRSS()
-    loader = make_loader(backend.split("-")[0] if backend.startswith("dali") else backend, data, "train", **kw)
+    loader = build_loader(backend, data, size, args)
     t0 = time.perf_counter()
     run_epoch(loader)  # warm-up: compilation, pipeline build, first reads
     first = time.perf_counter() - t0
@@ -106,10 +161,12 @@ def measure(backend: str, data: str, size: int, args) -> dict:
 
 def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
     """The JPEG bytes each format actually stores (the .beton holds its own q-encoded copies)."""
-    from loaders.common import LoaderConfig
+    from loaders.common import LoaderConfig, manifest_split
     from loaders.shardindex import ShardIndex
-    index = ShardIndex(LoaderConfig(data=data))
-    out = {"wds": [index.read(i) for i in range(min(limit, len(index)))]}
+    out = {}
+    if manifest_split(LoaderConfig(data=data))["shards"]:  # an ffcv-only conversion has none
+        index = ShardIndex(LoaderConfig(data=data))
+        out["wds"] = [index.read(i) for i in range(min(limit, len(index)))]
     beton = Path(data) / "ffcv" / "train.beton"
     if beton.is_file():
         from ffcv.reader import Reader
@@ -207,12 +264,32 @@ def prepare_images(images: str) -> str:
     return str(out)
 
 
+def stage_breakdown(rows: list[dict], data: str, a, out: Path, device_name: str) -> None:
+    """bench.stages for every CPU backend row, each in a fresh forked process, with the rows'
+    measured CPU time per image (the residual is the hand-off)."""
+    from bench import stages
+    staged = []
+    for r in rows:
+        if r["backend"].partition(":")[0].split("@")[0] not in stages.CPU_BACKENDS:
+            continue
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            staged.append(pool.submit(stages.measure_stages, r["backend"], data, r["image_size"], a.batch_size,
+                                      a.stage_repeats, a.imagefolder).result())
+        print(staged[-1], flush=True)
+    stages.with_loader_rows(staged, rows)
+    stages.write(staged, out, {"data": data, "device": device_name, "workers": a.workers,
+                               "batch_size": a.batch_size, "repeats": a.stage_repeats, "loader_rows": "same run"})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo", help="a converted folder")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic")
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic",
+                   help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
+                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py); "
+                        "and ffcv@SIDE: ffcv on the same photos stored at max side SIDE (converted once)")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
@@ -224,6 +301,9 @@ def main(argv=None) -> int:
     p.add_argument("--model-batch", type=int, default=4)
     p.add_argument("--model-steps", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/loaders-<device>.json)")
+    p.add_argument("--stages", action="store_true",
+                   help="also the per-stage breakdown of each CPU backend (bench/stages.py): stages-*.json + PNG")
+    p.add_argument("--stage-repeats", type=int, default=3, help="best of this many passes per stage")
     a = p.parse_args(argv)
     data = prepare_images(a.images) if a.images else a.data
     manifest = json.loads((Path(data) / "manifest.json").read_text())
@@ -231,6 +311,8 @@ def main(argv=None) -> int:
         a.imagefolder = manifest["source"]["path"]
     backends = [b for b in a.backends.split(",") if b != "dali-gpu" or a.device.startswith("cuda")]
     jpegs = stored_jpegs(data, limit=100_000)  # every stored file (the decode limit's files: README)
+    for side in sorted({ffcv_side(b) for b in backends} - {None}):
+        jpegs[f"ffcv@{side}"] = stored_jpegs(prepare_side_variant(data, side), limit=100_000)["ffcv"]
     per_core = {fmt: decode_rate_per_core(b) for fmt, b in jpegs.items()}
     limits = {fmt: rate * a.workers for fmt, rate in per_core.items()}
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -246,7 +328,10 @@ def main(argv=None) -> int:
                 except (ImportError, FileNotFoundError) as e:
                     print(f"skip {backend}: {e}")
                     continue
-            row["decode_limit_images_per_s"] = round(limits["ffcv" if backend == "ffcv" else "wds"], 1)
+            fmt = f"ffcv@{ffcv_side(backend)}" if ffcv_side(backend) else "ffcv" if backend.startswith("ffcv") else "wds"
+            row["decode_limit_images_per_s"] = round(limits[fmt], 1)
+            if backend != variant_of(backend):  # a before-measurement, not a loader to pick (bench.feed skips it)
+                row["variant_of"] = variant_of(backend)
             rows.append(row)
             print(row, flush=True)
     device_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or "cpu"
@@ -268,6 +353,8 @@ def main(argv=None) -> int:
     plot(rows, out.with_suffix(".png"))
     print(markdown(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    if a.stages:
+        stage_breakdown(rows, data, a, out.with_name(out.name.replace("loaders-", "stages-")), device_name)
     return 0
 
 

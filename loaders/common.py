@@ -116,6 +116,12 @@ _STATS: dict = {}
 def normalize(x: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
     """0..255 NCHW (any dtype, any memory format) -> normalized channels_last `cfg.dtype`."""
     x = x.to(cfg.torch_device, non_blocking=True)
+    if x.device.type == "cpu":  # a fresh mmap'd output per batch costs more than the math
+        from .cpu_alloc import keep_batch_buffers
+        keep_batch_buffers()
+    # channels_last while still uint8 (a quarter of the bytes): addcmul then writes its one
+    # float output in that layout, and the final .contiguous() is a no-op, not a second copy.
+    x = x.contiguous(memory_format=torch.channels_last)
     key = x.device
     if key not in _STATS:
         mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255

@@ -17,6 +17,10 @@ from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_in
 
 class FFCVLoader(BaseLoader):
     # ffcv has no RandAugment; its crop and flip run in numba-compiled code on the CPU.
+    # DCT-scaled decode and an in-place flip fused into it (loaders/ffcv_decode.py); False: ffcv's
+    # own full-decode decoders and RandomHorizontalFlip (bench.loaders' `ffcv-fulldecode`, the before).
+    fast_decode = True
+
     def __init__(self, cfg: LoaderConfig):
         require("ffcv", "ffcv")
         from ffcv.reader import Reader
@@ -37,7 +41,14 @@ class FFCVLoader(BaseLoader):
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
         cfg, device = self.cfg, self.cfg.torch_device
         size = (cfg.image_size, cfg.image_size)
-        if cfg.is_train:
+        if self.fast_decode:
+            from .ffcv_decode import ScaledCenterCropDecoder as CenterCropRGBImageDecoder
+            from .ffcv_decode import ScaledRandomResizedCropDecoder
+        if cfg.is_train and self.fast_decode:  # the flip is fused into the decoder, in place
+            image = [ScaledRandomResizedCropDecoder(size, scale=cfg.scale, ratio=cfg.ratio,
+                                                    flip_prob=0.5 if cfg.hflip else 0.0)]
+            order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
+        elif cfg.is_train:
             image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio)]
             image += [RandomHorizontalFlip()] if cfg.hflip else []
             order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]

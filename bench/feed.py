@@ -1,0 +1,149 @@
+"""Cores to feed each catalog GPU: its training rate over each loader's measured rate per core.
+
+    python -m bench.feed                                    # bench/results/loaders-cpu2.json
+    python -m bench.feed --loaders bench/results/loaders-cpu2.json --sizes 224,160,128 \\
+        --calibration runs/calib-t4/calibration.json --measured runs/gpu/gpu.json --measured-gpu t4
+
+The training rate of `--model` per GPU and image size is the cost model's
+(fastmix.perf.cost.predict_step at `--batch`, fp16 where the GPU has fp16 tensor cores, else
+bf16, else fp32), or the GPU suite's measured rate where `--measured` has one (bench.gpu's
+matrix cells, fastest layout; `--measured-gpu` names the catalog GPU it ran on). A loader's
+rate per core is images/s over CPU cores used, from a bench.loaders JSON (same image size; the
+loaders were measured on that machine's cores, so the answer is in cores of that kind).
+Writes JSON + a markdown table next to the loaders file (feed-<name>.{json,md}).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from fastmix.devices.catalog import load_catalog
+from fastmix.perf.cost import Efficiency, predict_step
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def is_variant(row: dict) -> bool:
+    """bench.loaders' before-measurements (`ffcv-fulldecode`, `<name>:mmap`): not loaders a user picks."""
+    return "variant_of" in row or ":" in row["backend"] or row["backend"].endswith("-fulldecode")
+
+
+def per_core_rates(loaders: dict, path: Path) -> dict[tuple[str, int], float]:
+    """(backend, image size) -> images/s per CPU core used, from a bench.loaders JSON."""
+    rates = {}
+    for r in loaders.get("rows", []):
+        if is_variant(r) or r["backend"] == "synthetic":
+            continue
+        if r.get("cpu_cores_used", 0) <= 0 or r.get("images_per_s", 0) <= 0:
+            raise ValueError(f"{path}: row {r['backend']} at {r['image_size']} px has no positive "
+                             "images_per_s / cpu_cores_used")
+        rates[(r["backend"], int(r["image_size"]))] = r["images_per_s"] / r["cpu_cores_used"]
+    if not rates:
+        raise ValueError(f"{path}: no loader rows (run python -m bench.loaders first)")
+    return rates
+
+
+def precision_for(device) -> str:
+    return next(p for p in ("fp16", "bf16", "fp32") if device.supports(p))
+
+
+def measured_rates(path: str | None, gpu: str | None, model: str) -> dict[tuple[str, int], float]:
+    """(gpu key, image size) -> the fastest measured eager training rate of `model` in a gpu.json."""
+    if not path:
+        return {}
+    if not gpu:
+        raise ValueError("--measured needs --measured-gpu (the catalog key of the GPU it ran on)")
+    data = json.loads(Path(path).read_text())
+    cells = data.get("phases", {}).get("matrix", {}).get("result", {}).get("cells", [])
+    out: dict[tuple[str, int], float] = {}
+    for c in cells:
+        if c.get("model") == model and "images_per_s" in c and not c.get("compile"):
+            key = (gpu, int(c.get("image_size", 224)))
+            out[key] = max(out.get(key, 0.0), c["images_per_s"])
+    if not out:
+        raise ValueError(f"{path}: no measured matrix cells for {model}")
+    return out
+
+
+def table(model: str, batch: int, sizes: list[int], rates: dict, measured: dict, eff: Efficiency,
+          catalog: dict) -> list[dict]:
+    rows = []
+    backends = list(dict.fromkeys(b for b, _ in rates))
+    for key, device in catalog.items():
+        if key == "cpu":
+            continue
+        precision = precision_for(device)
+        for size in sizes:
+            if (key, size) in measured:
+                train, source = measured[(key, size)], "measured (bench.gpu)"
+            else:
+                train = predict_step(model, batch, precision, device, eff, image_size=size)["images_per_s"]
+                source = f"predicted ({eff.source})"
+            row = {"gpu": key, "gpu_name": device.name, "model": model, "image_size": size, "precision": precision,
+                   "train_images_per_s": round(train, 1), "train_rate_source": source, "cores_to_feed": {},
+                   "loader_images_per_s_per_core": {}}
+            for b in backends:
+                per_core = rates.get((b, size))
+                if per_core:
+                    row["loader_images_per_s_per_core"][b] = round(per_core, 1)
+                    row["cores_to_feed"][b] = float(f"{train / per_core:.3g}")
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    backends = list(dict.fromkeys(b for r in rows for b in r["cores_to_feed"]))
+    lines = ["| GPU | size | precision | train img/s | " + " | ".join(f"{b} cores" for b in backends) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(backends)]
+    for r in rows:
+        cells = " | ".join(str(math.ceil(r["cores_to_feed"][b] * 10) / 10) if b in r["cores_to_feed"] else "–"
+                           for b in backends)
+        mark = "" if r["train_rate_source"].startswith("predicted") else " (measured)"
+        lines.append(f"| {r['gpu_name']} | {r['image_size']} | {r['precision']} | {r['train_images_per_s']:.0f}{mark} "
+                     f"| {cells} |")
+    per_core = {b: {s: v for r in rows for bb, v in r["loader_images_per_s_per_core"].items() if bb == b
+                    for s in [r["image_size"]]} for b in backends}
+    lines.append("")
+    lines.append("Loader images/s per core: " + "; ".join(
+        f"{b} " + ", ".join(f"{v:.0f} @{s}" for s, v in sorted(d.items(), reverse=True)) for b, d in per_core.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loaders", default=str(RESULTS / "loaders-cpu2.json"), help="a bench.loaders JSON")
+    p.add_argument("--model", default="convmixer_768_32")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--sizes", default="224,160,128")
+    p.add_argument("--calibration", help="calibration.json (tools/profile_gpu.py); default: stated efficiencies")
+    p.add_argument("--catalog", help="GPU catalog YAML overriding/adding entries (fastmix.devices.catalog)")
+    p.add_argument("--measured", help="a bench.gpu gpu.json whose measured training rates replace predictions")
+    p.add_argument("--measured-gpu", help="catalog key of the GPU the --measured file ran on")
+    p.add_argument("--out", help="JSON path (default: feed-<loaders name>.json beside the loaders file)")
+    a = p.parse_args(argv)
+    path = Path(a.loaders)
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found (run python -m bench.loaders first)")
+    loaders = json.loads(path.read_text())
+    rates = per_core_rates(loaders, path)
+    eff = Efficiency.load(a.calibration) if a.calibration else Efficiency()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    rows = table(a.model, a.batch, sizes, rates, measured_rates(a.measured, a.measured_gpu, a.model), eff,
+                 load_catalog(a.catalog))
+    out = Path(a.out) if a.out else path.with_name(path.name.replace("loaders-", "feed-"))
+    result = {"loaders": str(path), "loader_device": loaders.get("device"),
+              "loader_cpu_count": loaders.get("cpu_count"),
+              "model": a.model, "batch": a.batch, "efficiency": eff.source, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(rows)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

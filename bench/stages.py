@@ -1,0 +1,341 @@
+"""Where each loader's CPU time goes: microseconds per image per stage, on the same images.
+
+    python -m bench.loaders --images ../shared/data/imagenet-sample --stages   # with the loader table
+    python -m bench.stages --data data/bench-imagenet-sample --sizes 224,160   # stages only
+
+Each stage of a backend's train path (read, decode, crop/resize, flip, collate, convert +
+normalize) is run on its own, on one core (one thread for OpenCV, torch and DALI), over every
+stored image, best of `repeats` passes; a stage's cost is its CPU time per image. DALI's stages
+run inside its pipeline, so they are measured as differences between pipelines that stop one
+operator later (reader; + fused crop-decode; + resize; + crop_mirror). With the loader table
+(bench.loaders --stages), "hand-off + other" is what the loader spent beyond those stages:
+its CPU time per image (cores used / images per s) minus their sum: worker IPC or thread
+hand-off, batching, scheduling, and contention between the busy cores. Next to each bar, the
+decode-only limit for the same stored bytes (bench/decode.py). The stages are best-of-N on an
+idle core and the loader is one long window with every core busy, so on a shared machine the
+residual absorbs the difference; a negative one means the run was too noisy to split.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "dali-cpu", "nvjpeg")
+STAGES = ("read", "decode", "crop/resize", "flip", "collate", "convert+normalize", "hand-off+other")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_us(fn, n: int, repeats: int) -> float:
+    """Best-of-`repeats` CPU time of fn() (this process, all its threads) in microseconds per
+    item: CPU time, as the loader's cost per image is, so time spent descheduled on a busy
+    machine does not count as work."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best / n * 1e6
+
+
+def one_core():
+    import cv2
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _normalize_us(batches: list[torch.Tensor], size: int, repeats: int) -> float:
+    from loaders.common import LoaderConfig, normalize
+    cfg = LoaderConfig(data=".", image_size=size)
+    n = sum(len(b) for b in batches)
+    return best_us(lambda: [normalize(b, cfg) for b in batches], n, repeats)
+
+
+def _batched(items: list, batch: int) -> list[list]:
+    return [items[k:k + batch] for k in range(0, len(items), batch)]
+
+
+def pil_stages(data: str, size: int, batch: int, repeats: int, from_shards: bool, imagefolder: str | None) -> dict:
+    """pil / pil-wds: the torchvision transforms of loaders.pil, one op at a time."""
+    from PIL import Image
+    from torch.utils.data import default_collate
+
+    from loaders.common import LoaderConfig
+    from loaders.pil import pil_transform
+    from loaders.shardindex import ShardIndex
+    cfg = LoaderConfig(data=data, image_size=size)
+    crop, flip, to_tensor = pil_transform(cfg).transforms  # the backend's own ops
+    index = ShardIndex(cfg)
+    if from_shards:
+        read = lambda: [index.read(i) for i in range(len(index))]  # noqa: E731
+    else:
+        if not imagefolder:
+            raise FileNotFoundError("pil stages: need the ImageFolder tree (--imagefolder or the manifest's source)")
+        files = sorted(Path(imagefolder, "train").glob("*/*"))
+        read = lambda: [f.read_bytes() for f in files]  # noqa: E731
+    blobs = read()
+    n = len(blobs)
+    out = {"read": best_us(read, n, repeats)}
+    out["decode"] = best_us(lambda: [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], n, repeats)
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+    torch.manual_seed(0)
+    out["crop/resize"] = best_us(lambda: [crop(im) for im in images], n, repeats)
+    cropped = [crop(im) for im in images]
+    out["flip"] = best_us(lambda: [flip(im) for im in cropped], n, repeats)
+    out["convert+normalize"] = best_us(lambda: [to_tensor(im) for im in cropped], n, repeats)
+    samples = _batched([(to_tensor(im), 0) for im in cropped], batch)
+    out["collate"] = best_us(lambda: [default_collate(s) for s in samples], n, repeats)
+    out["convert+normalize"] += _normalize_us([default_collate(s)[0] for s in samples], size, repeats)
+    return out
+
+
+def ffcv_jpegs(data: str):
+    """(bytes views into the .beton as ffcv's page-cache reader sees them, heights, widths)."""
+    from ffcv.reader import Reader
+    path = Path(data) / "ffcv" / "train.beton"
+    reader = Reader(str(path))
+    meta = reader.metadata["f0"]
+    if (meta["mode"] != 0).any():
+        raise ValueError(f"{path}: stages assume JPEG-stored images (write_mode jpg)")
+    sizes = {int(p): int(s) for p, s in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
+    mm = np.memmap(path, np.uint8, mode="r")
+    views = [(int(m["data_ptr"]), sizes[int(m["data_ptr"])]) for m in meta]
+    return mm, views, meta["height"].astype(int), meta["width"].astype(int)
+
+
+def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> dict:
+    """ffcv (DCT-scaled decode, loaders/ffcv_decode.py) or ffcv-fulldecode (ffcv's own)."""
+    from ffcv.fields.rgb_image import get_random_crop
+    from ffcv.libffcv import imdecode, resize_crop
+
+    from loaders.ffcv_decode import dct_denominator, scaled_span
+    mm, views, heights, widths = ffcv_jpegs(data)
+    n = len(views)
+    np.random.seed(0)
+    crops = [get_random_crop(h, w, np.array((0.08, 1.0)), np.array((3 / 4, 4 / 3))) for h, w in zip(heights, widths)]
+    dens = [dct_denominator(c[2], c[3], size, size) if fast else 1 for c in crops]
+    out = {"read": best_us(lambda: [mm[p:p + s] for p, s in views], n, repeats)}  # ffcv: zero-copy slices
+    bufs = [np.empty((-(-h // d), -(-w // d), 3), np.uint8) for h, w, d in zip(heights, widths, dens)]
+
+    def decode():
+        for (p, s), h, w, d, b in zip(views, heights, widths, dens, bufs):
+            imdecode(mm[p:p + s], b, h, w, h, w, 0, 0, 1, d, False, False)
+    out["decode"] = best_us(decode, n, repeats)
+    if not fast:  # the rejected alternative: TurboJPEG's lossless crop (tjTransform), then decode
+        roi = np.empty(int(max(heights) * max(widths) * 3), np.uint8)
+
+        def decode_roi():
+            for (p, s), h, w, (i, j, ch, cw) in zip(views, heights, widths, crops):
+                y0, x0 = i // 16 * 16, j // 16 * 16  # MCU-aligned (16 px covers 4:2:0)
+                imdecode(mm[p:p + s], roi, h, w, i + ch - y0, j + cw - x0, x0, y0, 1, 1, True, False)
+        out["decode_roi_tjtransform_for_reference"] = best_us(decode_roi, n, repeats)
+    decode()
+    dst = np.empty((n, size, size, 3), np.uint8)
+
+    def crop_resize():
+        for k, ((i, j, h, w), d, b) in enumerate(zip(crops, dens, bufs)):
+            r0, r1 = scaled_span(i, h, d, b.shape[0])
+            c0, c1 = scaled_span(j, w, d, b.shape[1])
+            resize_crop(b, r0, r1, c0, c1, dst[k])
+    out["crop/resize"] = best_us(crop_resize, n, repeats)
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.transforms import RandomHorizontalFlip
+
+    from loaders.ffcv_decode import flip_in_place
+    Compiler.set_num_threads(1)
+    if fast:  # fused into the decoder: half the images mirrored in place
+        flip_c = Compiler.compile(flip_in_place)
+        flip_c(dst[0])  # compile outside the timing
+        out["flip"] = best_us(lambda: [flip_c(dst[k]) for k in range(0, n, 2)], n, repeats)
+    else:  # ffcv's RandomHorizontalFlip: every image copied, flipped or not
+        flip_c = Compiler.compile(RandomHorizontalFlip().generate_code())
+        flipped = np.empty_like(dst)
+        flip_c(dst[:batch], flipped[:batch])
+        out["flip"] = best_us(lambda: [flip_c(dst[k:k + batch], flipped[k:k + batch]) for k in range(0, n, batch)],
+                              n, repeats)
+    out["collate"] = 0.0  # ffcv decodes straight into the batch buffer
+    batches = [torch.from_numpy(dst[k:k + batch]).permute(0, 3, 1, 2) for k in range(0, n, batch)]  # ToTorchImage
+    out["convert+normalize"] = _normalize_us(batches, size, repeats)
+    return out
+
+
+def nvjpeg_stages(data: str, size: int, batch: int, repeats: int) -> dict:
+    """nvjpeg backend with CPU decode (torchvision decode_jpeg + torch ops)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    from loaders.common import LoaderConfig
+    from loaders.nvjpeg import random_resized_crop_box
+    from loaders.shardindex import ShardIndex
+    index = ShardIndex(LoaderConfig(data=data))
+    n = len(index)
+    read = lambda: [torch.frombuffer(bytearray(index.read(i)), dtype=torch.uint8) for i in range(n)]  # noqa: E731
+    out = {"read": best_us(read, n, repeats)}
+    blobs = read()
+    out["decode"] = best_us(lambda: [decode_jpeg(b, mode=ImageReadMode.RGB) for b in blobs], n, repeats)
+    images = [decode_jpeg(b, mode=ImageReadMode.RGB) for b in blobs]
+    rng = np.random.default_rng(0)
+    boxes = [random_resized_crop_box(im.shape[1], im.shape[2], (0.08, 1.0), (3 / 4, 4 / 3), rng) for im in images]
+    out["crop/resize"] = best_us(lambda: [F.resized_crop(im, *b, [size, size], antialias=True)
+                                          for im, b in zip(images, boxes)], n, repeats)
+    crops = [F.resized_crop(im, *b, [size, size], antialias=True) for im, b in zip(images, boxes)]
+    out["flip"] = best_us(lambda: [F.horizontal_flip(c) for c in crops[::2]], n, repeats)
+    out["collate"] = best_us(lambda: [torch.stack(c) for c in _batched(crops, batch)], n, repeats)
+    out["convert+normalize"] = _normalize_us([torch.stack(c) for c in _batched(crops, batch)], size, repeats)
+    return out
+
+
+def dali_stages(data: str, size: int, batch: int, repeats: int) -> dict:
+    """dali-cpu: per-image time of pipelines that stop one operator later, differenced."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from loaders.common import LoaderConfig
+    from loaders.shardindex import ShardIndex
+    index = ShardIndex(LoaderConfig(data=data))
+    tars, n = [str(t) for t in index.tars], len(index)
+
+    def build(upto: str):
+        @pipeline_def(batch_size=batch, num_threads=1, device_id=None, seed=0, prefetch_queue_depth=1)
+        def pipe():
+            jpg, _ = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + ".idx" for t in tars],
+                                           ext=["jpg", "cls"], name="reader", pad_last_batch=True)
+            if upto == "read":
+                return jpg
+            if upto == "full-decode":
+                return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+            x = fn.decoders.image_random_crop(jpg, device="cpu", output_type=types.RGB, random_area=[0.08, 1.0],
+                                              random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10)
+            if upto == "crop-decode":
+                return x
+            x = fn.resize(x, resize_x=size, resize_y=size, antialias=True)
+            if upto == "resize":
+                return x
+            return fn.crop_mirror_normalize(x, dtype=types.UINT8, output_layout="HWC", crop=(size, size),
+                                            mirror=fn.random.coin_flip(probability=0.5))
+        p = pipe()
+        p.build()
+        steps = -(-n // batch)
+        p.run()  # warm-up
+        return best_us(lambda: [p.run() for _ in range(steps)], steps * batch, repeats)
+
+    t = {k: build(k) for k in ("read", "full-decode", "crop-decode", "resize", "mirror")}
+    out = {"read": t["read"], "decode": t["crop-decode"] - t["read"], "crop/resize": t["resize"] - t["crop-decode"],
+           "flip": t["mirror"] - t["resize"], "collate": 0.0,
+           "decode_full_for_reference": t["full-decode"] - t["read"]}
+    batches = [torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+               for _ in range(-(-n // batch))]
+    out["convert+normalize"] = _normalize_us(batches, size, repeats)
+    return out
+
+
+def measure_stages(backend: str, data: str, size: int, batch: int = 64, repeats: int = 3,
+                   imagefolder: str | None = None) -> dict:
+    """One backend's stage costs (us/image) at `size`, in this process, on one core."""
+    one_core()
+    name, _, flag = backend.partition(":")
+    if name.startswith("ffcv@"):  # the same photos stored at a lower max side (bench.loaders)
+        from bench.loaders import side_variant
+        data, name = side_variant(data, int(name.split("@")[1])), "ffcv"
+    if flag == "mmap":  # as bench.loaders: normalized batches on fresh mmap'd pages
+        from loaders import cpu_alloc
+        cpu_alloc._done = True
+    if name in ("pil", "pil-wds"):
+        us = pil_stages(data, size, batch, repeats, name == "pil-wds", imagefolder)
+    elif name in ("ffcv", "ffcv-fulldecode"):
+        us = ffcv_stages(data, size, batch, repeats, fast=name == "ffcv")
+    elif name == "dali-cpu":
+        us = dali_stages(data, size, batch, repeats)
+    elif name == "nvjpeg":
+        us = nvjpeg_stages(data, size, batch, repeats)
+    else:
+        raise ValueError(f"no stage breakdown for {backend!r} (CPU backends: {', '.join(CPU_BACKENDS)})")
+    return {"backend": backend, "image_size": size, "us_per_image": {k: round(v, 1) for k, v in us.items()}}
+
+
+def with_loader_rows(stage_rows: list[dict], loader_rows: list[dict]) -> None:
+    """Add each backend's measured CPU us/image and the residual hand-off + other."""
+    for s in stage_rows:
+        r = next((r for r in loader_rows if r["backend"] == s["backend"] and r["image_size"] == s["image_size"]), None)
+        if r is None:
+            continue
+        total = r["cpu_cores_used"] / r["images_per_s"] * 1e6
+        staged = sum(v for k, v in s["us_per_image"].items() if k in STAGES)
+        s["us_per_image"]["hand-off+other"] = round(total - staged, 1)
+        s["loader_cpu_us_per_image"] = round(total, 1)
+        s["decode_limit_us_per_image"] = round(r["workers"] / r["decode_limit_images_per_s"] * 1e6, 1)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| backend | size | " + " | ".join(STAGES) + " | loader CPU µs/img | decode-only limit µs/img |"
+    lines = [head, "|---|---:|" + "---:|" * (len(STAGES) + 2)]
+    for r in rows:
+        us = r["us_per_image"]
+        cells = " | ".join(f"{us[k]:.0f}" if k in us else "–" for k in STAGES)
+        lines.append(f"| {r['backend']} | {r['image_size']} | {cells} | {r.get('loader_cpu_us_per_image', '–')} | "
+                     f"{r.get('decode_limit_us_per_image', '–')} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.8))
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for stage, color in zip(STAGES, plt.cm.tab10.colors):
+        vals = np.array([max(r["us_per_image"].get(stage, 0.0), 0.0) for r in rows])
+        ax.bar(x, vals, 0.7, bottom=bottom, label=stage, color=color)
+        bottom += vals
+    limits = [r.get("decode_limit_us_per_image") for r in rows]
+    if any(limits):
+        ax.scatter(x, [v or np.nan for v in limits], marker="_", s=900, color="k", zorder=3,
+                   label="decode-only limit (same bytes)")
+    ax.set_xticks(x, [f"{r['backend']}\n{r['image_size']}px" for r in rows], fontsize=8)
+    ax.set(ylabel="CPU µs per image", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write(rows: list[dict], out: Path, meta: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "stages": list(STAGES), "rows": rows}, indent=1) + "\n")
+    plot(rows, out.with_suffix(".png"), f"Per-stage CPU cost per image ({meta.get('device', 'cpu')})")
+    print(markdown(rows))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/bench-imagenet-sample", help="a converted folder")
+    p.add_argument("--imagefolder", help="original tree for pil (default: the manifest's source)")
+    p.add_argument("--backends", default=",".join(CPU_BACKENDS))
+    p.add_argument("--sizes", default="224,160")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=str(RESULTS / "stages-cpu.json"))
+    a = p.parse_args(argv)
+    manifest = json.loads((Path(a.data) / "manifest.json").read_text())
+    folder = a.imagefolder or manifest["source"]["path"]
+    rows = []
+    for size in (int(s) for s in a.sizes.split(",")):
+        for b in a.backends.split(","):
+            try:
+                rows.append(measure_stages(b, a.data, size, a.batch_size, a.repeats, folder))
+            except ImportError as e:
+                print(f"skip {b}: {e}")
+                continue
+            print(rows[-1], flush=True)
+    write(rows, Path(a.out), {"data": a.data, "batch_size": a.batch_size, "repeats": a.repeats})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
