@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
@@ -32,6 +31,7 @@ from loaders import make_loader
 
 from . import checkpoint, distributed, speed
 from .augment import BatchAugment
+from .evaluate import evaluate
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
 from .runlog import RunLog
@@ -98,6 +98,7 @@ class Trainer:
         self.peak_flops, self._flops_per_image = self._peak_flops(), {}
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.nonfinite_in_row, self.update_times = 0, []
+        self.train_hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # correct, seen (this epoch)
         if resume:
             self._restore(checkpoint.load(self.out / "last.pt"))
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
@@ -129,7 +130,8 @@ class Trainer:
         return make_loader(cfg.backend, cfg.data, split, batch_size=cfg.micro_batch_size * (1 if split == "train" else 2),
                            image_size=size, device=str(self.device), dtype=LOADER_DTYPE[self.precision],
                            rank=self.dist.rank, world_size=self.dist.world_size, workers=cfg.workers,
-                           seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes, **extra)
+                           seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes,
+                           **{"crop_ratio": cfg.crop_ratio, **cfg.loader_options, **extra})
 
     def train_loader(self, size: int):
         """One loader per resolution (progressive resizing visits a few), kept for reuse."""
@@ -169,6 +171,9 @@ class Trainer:
                     logits = self.net(x)
                 loss = self.augment.loss(logits.float(), y)
                 self.scaler.scale(loss / k).backward()
+            if not y.is_floating_point():  # hard labels (no mixup/cutmix): training accuracy means something
+                self.train_hits[0] += (logits.detach().argmax(1) == y).sum()
+                self.train_hits[1] += len(y)
             total += loss.detach()
         return total / k
 
@@ -210,6 +215,7 @@ class Trainer:
         loader.set_epoch(epoch)
         self.net.train()
         batches = iter(loader)
+        self.train_hits.zero_()
         sums = {"loss": 0.0, "updates": 0, "images": 0, "nonfinite": 0, "scaler_skipped": 0}
         bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch}", disable=None if self.dist.is_main else True,
                    leave=False, dynamic_ncols=True, mininterval=2)
@@ -236,34 +242,16 @@ class Trainer:
                                "images_per_s": rate, "mfu": self.mfu(rate, size), "image_size": size})
         del batches  # abandon the rest (accumulation remainder, max_steps_per_epoch)
         elapsed = time.perf_counter() - start
-        loss_sum, updates = self.dist.sum([sums["loss"], sums["updates"]], self.device)
-        return {"train_loss": loss_sum / max(1, updates), "images_per_s": sums["images"] / elapsed,
+        loss_sum, updates, correct, seen = self.dist.sum([sums["loss"], sums["updates"], *self.train_hits.tolist()],
+                                                         self.device)
+        return {"train_loss": loss_sum / max(1, updates), "train_top1": 100 * correct / seen if seen else None,
+                "images_per_s": sums["images"] / elapsed,
                 "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": sums["nonfinite"],
                 "scaler_skipped": sums["scaler_skipped"]}
 
-    @torch.no_grad()
     def evaluate(self, net: torch.nn.Module | None = None) -> dict:
-        """fp32 loss (sum over samples), top-1 and top-5 on the whole val split, all ranks."""
-        net = net or self.net
-        net.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct1, correct5, count = (torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(3))
-        self.val_loader.set_epoch(0)
-        for x, y in self.val_loader:
-            if not self.channels_last:
-                x = x.contiguous()
-            with speed.autocast(self.precision, self.device):
-                logits = net(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == y).sum()
-            correct5 += (top == y[:, None]).any(dim=1).sum()
-            count += len(y)
-        loss, c1, c5, n = self.dist.sum([loss_sum.item(), correct1.item(), correct5.item(), count.item()],
-                                        self.device)
-        return {"eval_loss": loss / max(1, n), "top1": 100 * c1 / max(1, n), "top5": 100 * c5 / max(1, n),
-                "eval_images": int(n)}
+        """fp32 loss, top-1 and top-5 on the whole val split, all ranks (fastmix.train.evaluate)."""
+        return evaluate(net or self.net, self.val_loader, self.device, self.precision, self.channels_last, self.dist)
 
     def fit(self) -> dict:
         cfg = self.cfg
