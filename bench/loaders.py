@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/demo", help="a converted folder")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic")
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one")

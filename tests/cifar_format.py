@@ -72,5 +72,5 @@ def smooth_split(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarra
 def convert_cifar(tarball: Path, out: Path, formats=("wds",), **kw):
     from fastmix.data.convert import ConvertConfig, convert
     cfg = ConvertConfig(source=str(tarball), out=str(out), num_classes=None, formats=tuple(formats),
-                        write_mode="raw", quality=95, workers=2, **{"shard_size": 30, **kw})
+                        write_mode="raw", quality=100, subsampling="4:4:4", workers=2, **{"shard_size": 30, **kw})
     return convert(cfg)

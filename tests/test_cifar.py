@@ -48,7 +48,8 @@ def test_cifar10_tarball_converts_with_pixels_labels_and_names(tmp_path):
     classes = json.loads((out / "classes.json").read_text())
     assert [c["name"] for c in classes] == CIFAR10_NAMES == [c["wnid"] for c in classes]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["source"]["layout"] == "cifar" and manifest["options"]["quality"] == 95
+    assert manifest["source"]["layout"] == "cifar" and manifest["options"]["quality"] == 100
+    assert manifest["options"]["subsampling"] == "4:4:4"
     assert manifest["options"]["write_mode"] == "raw"
     for split, n in (("train", 50), ("val", 20)):
         samples = shard_samples(out, split)
@@ -57,7 +58,7 @@ def test_cifar10_tarball_converts_with_pixels_labels_and_names(tmp_path):
             image, label = source_row(s.key, train, test, per_batch=10)
             decoded = np.asarray(Image.open(io.BytesIO(s.jpeg)).convert("RGB"), dtype=np.int16)
             assert s.label == label
-            assert np.abs(decoded - image).mean() < 3, s.key  # JPEG q95: a few levels; CHW/HWC mix-ups: ~60
+            assert np.abs(decoded - image).mean() < 1, s.key  # JPEG q100 4:4:4: < 1 level; CHW/HWC mix-ups: ~60
 
     # The raw .beton is lossless: ffcv gives back the source pixels exactly, in the shards' order.
     from loaders import make_loader

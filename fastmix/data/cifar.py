@@ -12,8 +12,9 @@ name (both datasets list them in sorted order, so the converter's sorted-id labe
 CIFAR's own); classes.json keeps the names.
 
 Each image reaches the converter as a lossless PNG, so it is lossy-encoded at most once on
-its way into either format: the shards hold JPEGs at `--quality`, and `--write-mode raw` keeps
-the .beton lossless (tools/convert_subset.py picks q95 + raw for CIFAR; README: CIFAR-10).
+its way into either format: the shards hold JPEGs at `--quality` / `--subsampling`, and
+`--write-mode raw` keeps the .beton lossless (tools/convert_subset.py picks q100 4:4:4 + raw for
+CIFAR; README: CIFAR-10 has the measured PSNR of each choice).
 """
 from __future__ import annotations
 
