@@ -94,8 +94,8 @@ class CifarSource(Source):
             raise SourceError(f"{self.root}: not found")
 
     @cached_property
-    def _files(self) -> tuple[str, dict[str, bytes]]:
-        """(layout folder name, member name -> bytes) for every file of the download."""
+    def _download(self) -> tuple[str, str, dict[str, bytes | Path]]:
+        """(layout folder name, how messages name that folder, member name -> its bytes or file)."""
         if self.root.is_file():
             try:
                 with tarfile.open(self.root, "r:gz") as tf:
@@ -103,33 +103,31 @@ class CifarSource(Source):
             except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
                 raise SourceError(f"{self.root}: unreadable or truncated tarball ({type(e).__name__}: {e})") \
                     from None
-            folders = sorted({n.split("/")[0] for n in files} & set(LAYOUTS))
-            if len(folders) != 1:
-                raise SourceError(f"{self.root}: expected one of {sorted(LAYOUTS)} inside, found "
-                                  f"{sorted({n.split('/')[0] for n in files})[:5]}")
-            return folders[0], {n.split("/", 1)[1]: d for n, d in files.items() if n.startswith(folders[0] + "/")}
-        folder = self.root if self.root.name in LAYOUTS else next(self.root / d for d in LAYOUTS
-                                                                  if (self.root / d).is_dir())
-        return folder.name, {p.name: p for p in folder.iterdir() if p.is_file()}
+            tops = {n.split("/")[0] for n in files}
+            if len(tops & set(LAYOUTS)) != 1:
+                raise SourceError(f"{self.root}: expected one of {sorted(LAYOUTS)} inside, found {sorted(tops)[:5]}")
+            (folder,) = tops & set(LAYOUTS)
+            return folder, f"{self.root}:{folder}", {n[len(folder) + 1:]: d for n, d in files.items()
+                                                     if n.startswith(folder + "/")}
+        folder = self.root if self.root.name in LAYOUTS else next(
+            (self.root / d for d in LAYOUTS if (self.root / d).is_dir()), None)
+        if folder is None:
+            raise SourceError(f"{self.root}: not a CIFAR download (expected {' or '.join(LAYOUTS)} in it)")
+        return folder.name, str(folder), {p.name: p for p in folder.iterdir() if p.is_file()}
 
     def _where(self, member: str) -> str:
-        folder, _ = self._files
-        return f"{self.root}:{folder}/{member}" if self.root.is_file() else str(self._folder / member)
-
-    @property
-    def _folder(self) -> Path:
-        return self.root if self.root.name in LAYOUTS else self.root / self._files[0]
+        return f"{self._download[1]}/{member}"
 
     def _load(self, member: str) -> dict:
-        folder, files = self._files
+        files = self._download[2]
         if member not in files:
             raise SourceError(f"{self._where(member)}: missing from the CIFAR download")
         data = files[member]
-        return _unpickle(data if isinstance(data, bytes) else Path(data).read_bytes(), self._where(member))
+        return _unpickle(data if isinstance(data, bytes) else data.read_bytes(), self._where(member))
 
     @cached_property
     def _names(self) -> list[str]:
-        folder = self._files[0]
+        folder = self._download[0]
         meta_file, names_key = LAYOUTS[folder][2], LAYOUTS[folder][4]
         meta = self._load(meta_file)
         if names_key not in meta:
@@ -144,7 +142,7 @@ class CifarSource(Source):
 
     def batch(self, member: str) -> tuple[np.ndarray, np.ndarray]:
         """(N x 3072 uint8, N labels) of one batch, checked against the format."""
-        folder = self._files[0]
+        folder = self._download[0]
         label_key, where = LAYOUTS[folder][3], self._where(member)
         d = self._load(member)
         if "data" not in d or label_key not in d:
@@ -159,7 +157,7 @@ class CifarSource(Source):
         return data, labels.astype(np.int64)
 
     def items(self, split, wnids):
-        folder = self._files[0]
+        folder = self._download[0]
         train, val = LAYOUTS[folder][:2]
         members = {"train": train, "val": val}.get(split)
         if members is None:
