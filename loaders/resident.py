@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -110,19 +111,25 @@ class ResidentLoader(BaseLoader):
         cfg, dev = self.cfg, self.cfg.torch_device
         out = torch.empty((len(index), 3, self.side, self.side), dtype=torch.uint8, device=dev)
 
-        def load(ids):
-            data = [torch.frombuffer(bytearray(index.read(i)), dtype=torch.uint8) for i in ids]
+        def decode(data: list[torch.Tensor]) -> torch.Tensor:
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
             return torch.stack([fit(img, cfg.resize_to, self.side) for img in images])
 
-        chunks = [range(i, min(i + CHUNK, len(index))) for i in range(0, len(index), CHUNK)]
-        # CPU: libjpeg-turbo in threads (torch releases the GIL); CUDA: batched nvJPEG, reads ahead.
-        with ThreadPoolExecutor(max(1, cfg.workers)) as pool, \
-                tqdm(total=len(index), desc=f"resident: decode {cfg.split}", unit="img", disable=None,
-                     leave=False) as bar:
-            for ids, batch in zip(chunks, pool.map(load, chunks)):
-                out[ids.start:ids.stop] = batch
-                bar.update(len(ids))
+        # File reads stay in this thread (ShardIndex shares one handle per shard). On the CPU the
+        # decodes run in threads (libjpeg-turbo; torch releases the GIL), a few chunks in flight;
+        # on CUDA, one batched nvJPEG call per chunk, from one thread.
+        threads = 1 if dev.type == "cuda" else max(1, cfg.workers)
+        with ThreadPoolExecutor(threads) as pool, tqdm(total=len(index), desc=f"resident: decode {cfg.split}",
+                                                      unit="img", disable=None, leave=False) as bar:
+            pending: deque = deque()
+            for start in range(0, len(index), CHUNK):
+                ids = range(start, min(start + CHUNK, len(index)))
+                data = [torch.frombuffer(bytearray(index.read(i)), dtype=torch.uint8) for i in ids]
+                pending.append((ids, pool.submit(decode, data)))
+                while pending and (len(pending) > 2 * threads or ids.stop == len(index)):
+                    done, result = pending.popleft()
+                    out[done.start:done.stop] = result.result()
+                    bar.update(len(done))
         return out
 
     @property
