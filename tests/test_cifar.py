@@ -121,3 +121,18 @@ def test_bad_downloads_are_named(tmp_path, damage, message):
     with pytest.raises(ConvertError, match=message):
         convert_cifar(tarball, tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_cifar10_recipe_trains_on_a_converted_tarball(tmp_path):
+    """The recipe as shipped (resident loader, RandAugment, flips, no crop), shrunk to a tiny model."""
+    from fastmix.train.recipe import load_recipe
+    from fastmix.train.trainer import Trainer
+    tarball = write_cifar10(tmp_path / "cifar-10-python.tar.gz", smooth_split(40, 10, 0), smooth_split(20, 10, 1))
+    convert_cifar(tarball, tmp_path / "data")
+    cfg = load_recipe("cifar10", data=str(tmp_path / "data"), out=str(tmp_path / "run"), device="cpu",
+                      precision="fp32", channels_last="off", workers=1, batch_size=8, micro_batch=8, epochs=1,
+                      model_overrides={"dim": 16, "depth": 1})
+    summary = Trainer(cfg).fit()
+    assert summary["augmentations"] == {"random-resized-crop": "cpu", "hflip": "cpu", "rand-augment": "cpu"}
+    assert summary["not_applied_by_backend"] == [] and summary["updates"] == 5
+    assert summary["epochs"][0]["train_top1"] != "" and summary["epochs"][0]["top1"] != ""

@@ -174,3 +174,19 @@ def test_resident_pad_crop_and_box_sampling():
     assert (w * h >= 0.08 * 1200 * 0.8).all() and 0.4 < (w * h).mean() / 1200 < 0.7
     assert np.array_equal(resized_crop_boxes(3, 32, 32, (1, 1), (1, 1), np.random.default_rng(0)),
                           np.array([[0, 0, 32, 32]] * 3))
+
+
+def test_resident_rand_augment_and_pad_crop_run_on_the_device(converted):
+    kw = {"batch_size": 8, "image_size": 32, "workers": 1, "crop_ratio": 1.0}
+    plain = make_loader("resident", converted[0], "train", hflip=False, crop="pad", padding=0, **kw)
+    augmented = make_loader("resident", converted[0], "train", rand_augment="rand-m9-n2", crop="pad", **kw)
+    assert augmented.augmentations == {"random-crop-pad": "cpu", "hflip": "cpu", "rand-augment": "cpu"}
+    assert augmented.rand_augment.num_ops == 2 and augmented.rand_augment.magnitude == 27
+    x = torch.cat([images for images, _ in plain])
+    y = torch.cat([images for images, _ in augmented])
+    assert x.shape == y.shape == (plain.num_samples, 3, 32, 32)
+    # padding 0 and no flip: the stored pixels themselves, in epoch order
+    order = torch.from_numpy(rank_indices(plain.split_size, plain.cfg, 0))
+    val = make_loader("resident", converted[0], "train", train=False, **kw)
+    torch.testing.assert_close(x, torch.cat([images for images, _ in val])[order], atol=0, rtol=0)
+    assert (x - y).abs().mean() > 0.1  # RandAugment, flips and shifts changed them
