@@ -87,7 +87,7 @@ def test_digits_as_cifar_learn_through_the_resident_loader(tmp_path):
     cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), backend="resident", workers=2,
                       device="cpu", precision="fp32", channels_last="off", model="convmixer_256_8",
                       model_overrides={"dim": 64, "depth": 4, "kernel": 3, "patch": 4},
-                      batch_size=32, micro_batch=32, epochs=8, image_size=32, crop_ratio=1.0, lr=0.01,
+                      batch_size=32, micro_batch=32, epochs=6, image_size=32, crop_ratio=1.0, lr=0.01,
                       crop_scale=(0.6, 1.0), hflip=False, rand_augment=None, mixup=0, cutmix=0, reprob=0,
                       ema=True, ema_decay=0.99)
     summary = Trainer(cfg).fit()
