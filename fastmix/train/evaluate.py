@@ -36,7 +36,8 @@ def evaluate(net: torch.nn.Module, loader, device: torch.device, precision: str 
         count += len(y)
     speed.sync(device)
     elapsed = time.perf_counter() - start
-    values = [loss_sum.item(), correct1.item(), correct5.item(), count.item()]
-    loss, c1, c5, n = dist.sum(values, device) if dist is not None else values
+    # images/s summed over ranks: the whole job's rate, and the same number on every rank
+    values = [loss_sum.item(), correct1.item(), correct5.item(), count.item(), count.item() / max(elapsed, 1e-9)]
+    loss, c1, c5, n, rate = dist.sum(values, device) if dist is not None else values
     return {"eval_loss": loss / max(1, n), "top1": 100 * c1 / max(1, n), "top5": 100 * c5 / max(1, n),
-            "eval_images": int(n), "eval_images_per_s": count.item() / max(elapsed, 1e-9)}
+            "eval_images": int(n), "eval_images_per_s": rate}
