@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "ILSVRC2012 tars + devkit), or a CIFAR-10/100 python download (.tar.gz or its folder); "
                    "omit for the demo source")
     p.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS, "cifar"])
-    p.add_argument("--out", help="output folder (default: data/demo, or data/imagenet100)")
+    p.add_argument("--out", help="output folder (default: data/demo, data/imagenet100, or data/cifar10 / cifar100)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--num-classes", type=int, help="first N classes in sorted WNID order "
                      "(default: 100; every class for CIFAR)")
