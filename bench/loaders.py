@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/demo", help="a converted folder")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,synthetic",
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic",
                    help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
                         "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py); "
                         "and ffcv@SIDE: ffcv on the same photos stored at max side SIDE (converted once)")

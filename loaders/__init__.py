@@ -4,14 +4,15 @@
                                       image_size=224, device="cuda", dtype="float16"):
         ...
 
-Backends: pil (ImageFolder tree), pil-wds (the shards), ffcv, dali, nvjpeg, synthetic.
+Backends: pil (ImageFolder tree), pil-wds (the shards), ffcv, dali, nvjpeg, resident (the split
+decoded once into device memory), synthetic.
 See loaders/common.py for the options every backend shares.
 """
 from __future__ import annotations
 
 from .common import LoaderConfig
 
-BACKENDS = ("pil", "pil-wds", "ffcv", "dali", "nvjpeg", "synthetic")
+BACKENDS = ("pil", "pil-wds", "ffcv", "dali", "nvjpeg", "resident", "synthetic")
 
 
 def make_loader(backend: str, data: str, split: str = "train", batch_size: int = 64,
@@ -30,6 +31,9 @@ def make_loader(backend: str, data: str, split: str = "train", batch_size: int =
     if backend == "nvjpeg":
         from .nvjpeg import NvJPEGLoader
         return NvJPEGLoader(cfg)
+    if backend == "resident":
+        from .resident import ResidentLoader
+        return ResidentLoader(cfg)
     if backend == "synthetic":
         from .synthetic import SyntheticLoader
         return SyntheticLoader(cfg)

@@ -47,6 +47,9 @@ class LoaderConfig:
     decode_device: str = "auto"               # dali: mixed (nvJPEG) | cpu | auto (mixed on CUDA)
     hw_decoder_load: float = 0.65             # dali mixed: share for the A100/H100 hardware JPEG decoder
     num_classes: int = 100                    # synthetic
+    crop: str = "resized"                     # resident, train: resized (RandomResizedCrop) | pad (pad + crop)
+    padding: int = 4                          # resident, crop=pad: zero padding on each side
+    memory_share: float = 0.5                 # resident: the most of the device's memory one split may hold
 
     def __post_init__(self):
         if self.rand_augment:
@@ -55,6 +58,8 @@ class LoaderConfig:
             raise ValueError(f"dtype {self.dtype!r}: choose from {sorted(DTYPES)}")
         if self.last_batch not in LAST_BATCH:
             raise ValueError(f"last_batch {self.last_batch!r}: choose from {LAST_BATCH}")
+        if self.crop not in ("resized", "pad"):
+            raise ValueError(f"crop {self.crop!r}: choose resized or pad")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
 

@@ -10,8 +10,9 @@ import torch
 
 from conftest import FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL, ids_of
 from loaders import make_loader
+from loaders.common import rank_indices
 
-SHARDED = ["pil", "pil-wds", "ffcv", "dali", "nvjpeg"]
+SHARDED = ["pil", "pil-wds", "ffcv", "dali", "nvjpeg", "resident"]
 DTYPE = {"train": "float32", "val": "bfloat16"}
 
 
@@ -64,7 +65,7 @@ def test_two_ranks_get_disjoint_complete_shards(backend, flat_converted):
     assert abs(len(seen[0]) - len(seen[1])) <= 1
 
 
-@pytest.mark.parametrize("backend", ["pil-wds", "ffcv", "dali", "nvjpeg", "synthetic"])
+@pytest.mark.parametrize("backend", ["pil-wds", "ffcv", "dali", "nvjpeg", "resident", "synthetic"])
 def test_drop_last_gives_only_full_batches(backend, flat_converted):
     loader = load(backend, flat_converted, "train", last_batch="drop")
     sizes = [len(y) for _, y in loader]
@@ -78,7 +79,7 @@ def test_val_batches_agree_across_backends(converted):
     224 px the largest gaps measured were 0.023 / 0.017 (ffcv) and 0.009 / 0.006 (dali)."""
     out, _ = converted
     stats = {}
-    for backend in ["pil-wds", "ffcv", "dali", "nvjpeg"]:
+    for backend in ["pil-wds", "ffcv", "dali", "nvjpeg", "resident"]:
         loader = make_loader(backend, out, "val", batch_size=16, image_size=64, workers=1)
         x = torch.cat([images.float() for images, _ in loader])
         stats[backend] = (x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3)))
@@ -139,3 +140,53 @@ def test_bad_options_are_refused(flat_converted):
         load("pil-wds", flat_converted, "val", dtype="int8")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load("dali", flat_converted, "val", decode_device="mixed")
+
+
+def test_resident_refuses_a_split_beyond_its_memory_share(flat_converted):
+    with pytest.raises(MemoryError, match=r"39 images at 37x37 need 0.00 GiB as uint8, more than memory_share=1e-09"):
+        load("resident", flat_converted, "train", memory_share=1e-9)
+
+
+def test_resident_full_crop_reproduces_the_stored_pixels(converted):
+    """RandomResizedCrop at scale 1, ratio 1 (the authors' CIFAR setting) is the identity on
+    textured photos: the train epoch holds exactly the val-transformed pixels (roi_align with
+    aligned=True; a half-pixel shift would blur them)."""
+    kw = {"batch_size": 8, "image_size": 32, "workers": 1, "crop_ratio": 1.0}
+    train = make_loader("resident", converted[0], "train", scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, **kw)
+    val = make_loader("resident", converted[0], "train", train=False, **kw)
+    assert torch.equal(train.images, val.images) and train.images.shape[-1] == 32
+    got = torch.cat([images for images, _ in train])
+    ref = torch.cat([images for images, _ in val])
+    order = torch.from_numpy(rank_indices(train.split_size, train.cfg, 0))
+    torch.testing.assert_close(got, ref[order], atol=0, rtol=0)
+
+
+def test_resident_pad_crop_and_box_sampling():
+    from loaders.resident import pad_crop, resized_crop_boxes
+    import numpy as np
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).view(2, 3, 5, 5)
+    out = pad_crop(x, 2, 5, torch.tensor([0, 3]), torch.tensor([2, 4]))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    assert torch.equal(out[0], padded[0, :, 0:5, 2:7]) and torch.equal(out[1], padded[1, :, 3:8, 4:9])
+    boxes = resized_crop_boxes(2000, 40, 30, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 30).all() and (boxes[:, 3] <= 40).all()
+    assert (w * h >= 0.08 * 1200 * 0.8).all() and 0.4 < (w * h).mean() / 1200 < 0.7
+    assert np.array_equal(resized_crop_boxes(3, 32, 32, (1, 1), (1, 1), np.random.default_rng(0)),
+                          np.array([[0, 0, 32, 32]] * 3))
+
+
+def test_resident_rand_augment_and_pad_crop_run_on_the_device(converted):
+    kw = {"batch_size": 8, "image_size": 32, "workers": 1, "crop_ratio": 1.0}
+    plain = make_loader("resident", converted[0], "train", hflip=False, crop="pad", padding=0, **kw)
+    augmented = make_loader("resident", converted[0], "train", rand_augment="rand-m9-n2", crop="pad", **kw)
+    assert augmented.augmentations == {"random-crop-pad": "cpu", "hflip": "cpu", "rand-augment": "cpu"}
+    assert augmented.rand_augment.num_ops == 2 and augmented.rand_augment.magnitude == 27
+    x = torch.cat([images for images, _ in plain])
+    y = torch.cat([images for images, _ in augmented])
+    assert x.shape == y.shape == (plain.num_samples, 3, 32, 32)
+    # padding 0 and no flip: the stored pixels themselves, in epoch order
+    order = torch.from_numpy(rank_indices(plain.split_size, plain.cfg, 0))
+    val = make_loader("resident", converted[0], "train", train=False, **kw)
+    torch.testing.assert_close(x, torch.cat([images for images, _ in val])[order], atol=0, rtol=0)
+    assert (x - y).abs().mean() > 0.1  # RandAugment, flips and shifts changed them

@@ -45,6 +45,7 @@ class ConvertConfig:
     splits: tuple[str, ...] = SPLITS
     max_side: int = 512
     quality: int = 90
+    subsampling: str = "4:2:0"             # chroma of re-encoded JPEGs: 4:2:0, or 4:4:4 (CIFAR)
     write_mode: str = "jpg"                # FFCV RGBImageField: jpg | raw | smart | proportion
     compress_probability: float = 0.5      # used by write_mode=proportion
     shard_size: int = 1000                 # source files per shard
@@ -57,7 +58,7 @@ class ConvertConfig:
 
     def fingerprint(self, source: Source, wnids: list[str]) -> dict:
         """Everything that decides the output bytes (not `workers`, not resume flags)."""
-        keep = ("max_side", "quality", "write_mode", "compress_probability", "shard_size",
+        keep = ("max_side", "quality", "subsampling", "write_mode", "compress_probability", "shard_size",
                 "shuffle_seed", "ffcv_workers", "splits", "formats")
         d = {k: getattr(self, k) for k in keep}
         d.update(source=str(Path(self.source).resolve()), layout=source.kind, classes=wnids)
@@ -128,10 +129,10 @@ def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[st
     return source, wnids, names, plans
 
 
-def _prepare_one(args: tuple[Item, int, int]):
-    item, max_side, quality = args
+def _prepare_one(args: tuple[Item, int, int, str]):
+    item, max_side, quality, subsampling = args
     try:
-        return prepare(item.read(), max_side, quality)
+        return prepare(item.read(), max_side, quality, subsampling)
     except Rejected as e:
         return str(e)
     except OSError as e:
@@ -206,7 +207,7 @@ class Converter:
             if cfg.resume and path.exists():
                 states[n] = json.loads(path.read_text())
         todo = [n for n in range(len(ranges)) if n not in states]
-        args = ((sp.items[i], cfg.max_side, cfg.quality) for n in todo for i in ranges[n])
+        args = ((sp.items[i], cfg.max_side, cfg.quality, cfg.subsampling) for n in todo for i in ranges[n])
         results = _bounded_map(_prepare_one, args, cfg.workers)
         bar = tqdm(total=sum(len(ranges[n]) for n in todo), desc=f"{sp.split}: images",
                    unit="img", disable=None)

@@ -219,6 +219,9 @@ LAYOUTS = {cls.kind: cls for cls in (ImageFolderSource, KaggleSource, ArchiveSou
 
 def open_source(root: str | os.PathLike, layout: str = "auto") -> Source:
     root = Path(root)
+    from .cifar import CifarSource, is_cifar  # CIFAR's pickled batches: a .tar.gz or its folder
+    if layout == "cifar" or (layout == "auto" and is_cifar(root)):
+        return CifarSource(root)
     if not root.is_dir():
         raise SourceError(f"{root}: source folder not found")
     if layout == "auto":
@@ -232,7 +235,7 @@ def open_source(root: str | os.PathLike, layout: str = "auto") -> Source:
             raise SourceError(f"{root}: cannot tell the layout: expected train/<wnid>/ folders, "
                               f"ILSVRC/Data/CLS-LOC/, or {ArchiveSource.TRAIN}")
     if layout not in LAYOUTS:
-        raise SourceError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+        raise SourceError(f"unknown layout {layout!r}; choose from {sorted([*LAYOUTS, 'cifar'])}")
     return LAYOUTS[layout](root)
 
 

@@ -35,6 +35,12 @@ class Dist:
     def any(self, flag: bool, device: torch.device) -> bool:
         return self.sum([float(flag)], device)[0] > 0
 
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """In-place sum over ranks of a device tensor (read it once, where the caller needs it)."""
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
     def max_(self, t: torch.Tensor) -> torch.Tensor:
         """In-place max over ranks of a device tensor: no host round trip (NCCL queues it)."""
         if self.enabled:

@@ -52,6 +52,8 @@ class TrainConfig:
     reprob: float = 0.25                     # random erasing probability
     crop_scale: tuple = (0.08, 1.0)
     hflip: bool = True
+    crop_ratio: float = 224 / 256            # val: resize the shorter side to size/crop_ratio, center crop
+    loader_options: dict = field(default_factory=dict)  # any other make_loader option, e.g. {crop: pad}
     ema: bool = False
     ema_decay: float = 0.9999
     # speed (see fastmix/train/speed.py)

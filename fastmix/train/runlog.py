@@ -9,7 +9,7 @@ import csv
 import json
 from pathlib import Path
 
-EPOCH_FIELDS = ["epoch", "train_loss", "eval_loss", "top1", "top5", "ema_top1", "lr", "images_per_s",
+EPOCH_FIELDS = ["epoch", "train_loss", "train_top1", "eval_loss", "top1", "top5", "ema_top1", "lr", "images_per_s",
                 "mfu", "epoch_time_s", "image_size", "nonfinite_skipped", "scaler_skipped"]
 
 
@@ -67,7 +67,9 @@ class RunLog:
         ax[0].set(title="loss", xlabel="epoch")
         ax[1].plot(epochs, col("top1"), "o-", label="top-1")
         ax[1].plot(epochs, col("top5"), "o-", label="top-5")
-        ax[1].set(title="val accuracy (%)", xlabel="epoch")
+        if any(r.get("train_top1") for r in rows):  # empty under mixup/cutmix
+            ax[1].plot(epochs, col("train_top1"), "o--", label="train top-1")
+        ax[1].set(title="accuracy (%)", xlabel="epoch")
         ax[2].plot(epochs, col("images_per_s"), "o-")
         ax[2].set(title="train images/s", xlabel="epoch")
         from matplotlib.ticker import MaxNLocator

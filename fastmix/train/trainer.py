@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
@@ -40,6 +39,7 @@ from loaders import make_loader
 
 from . import checkpoint, distributed, speed
 from .augment import BatchAugment
+from .evaluate import evaluate
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
 from .runlog import RunLog
@@ -112,6 +112,7 @@ class Trainer:
         self.peak_flops, self._flops_per_image = self._peak_flops(), {}
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.stats, self.update_times, self._fitted_sizes = UpdateStats(self.device), [], set()
+        self.train_hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # correct, seen (this epoch)
         if resume:
             self._restore(checkpoint.load(self.out / "last.pt"))
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
@@ -147,7 +148,8 @@ class Trainer:
         return make_loader(cfg.backend, cfg.data, split, batch_size=self.micro_batch * (1 if split == "train" else 2),
                            image_size=size, device=str(self.device), dtype=LOADER_DTYPE[self.precision],
                            rank=self.dist.rank, world_size=self.dist.world_size, workers=cfg.workers,
-                           seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes, **extra)
+                           seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes,
+                           **{"crop_ratio": cfg.crop_ratio, **cfg.loader_options, **extra})
 
     def train_loader(self, size: int):
         """One loader per resolution (progressive resizing visits a few), kept for reuse."""
@@ -190,6 +192,9 @@ class Trainer:
                 loss = self.augment.loss(logits.float(), y)
                 with self.compile_timer:  # the backward graph compiles at the first backward
                     self.scaler.scale(loss / k).backward()
+            if not y.is_floating_point():  # hard labels (no mixup/cutmix): training accuracy means something
+                self.train_hits[0] += (logits.detach().argmax(1) == y).sum()
+                self.train_hits[1] += len(y)
             total += loss.detach()
         return total / k
 
@@ -230,6 +235,7 @@ class Trainer:
         loader.set_epoch(epoch)
         self.net.train()
         self.stats.new_epoch()
+        self.train_hits.zero_()
         bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch}", disable=None if self.dist.is_main else True,
                    leave=False, dynamic_ncols=True, mininterval=2)
         start = window_start = time.perf_counter()
@@ -258,8 +264,11 @@ class Trainer:
             self._halve_micro_batch(size, out_of_memory)
             return self.train_epoch(epoch)
         elapsed = time.perf_counter() - start
-        loss_sum, updates = self.dist.sum([stats["loss_sum"], stats["updates_ok"]], self.device)
-        return {"train_loss": loss_sum / max(1, updates),
+        # one all-reduce and one host read for the epoch's sums (train top-1: hard labels only)
+        sums = torch.cat([torch.tensor([stats["loss_sum"], stats["updates_ok"]], dtype=torch.float64,
+                                       device=self.device), self.train_hits.double()])
+        loss_sum, updates, correct, seen = self.dist.sum_(sums).tolist()
+        return {"train_loss": loss_sum / max(1, updates), "train_top1": 100 * correct / seen if seen else None,
                 "images_per_s": self.updates_per_epoch * cfg.batch_size * self.dist.world_size / elapsed,
                 "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
                 "scaler_skipped": int(stats["scaler_skipped"])}
@@ -306,33 +315,14 @@ class Trainer:
         if self.dist.is_main:
             self._write_config()
 
-    @torch.no_grad()
     def evaluate(self, net: torch.nn.Module | None = None) -> dict:
-        """fp32 loss (sum over samples), top-1 and top-5 on the whole val split, all ranks.
+        """fp32 loss, top-1 and top-5 on the whole val split, all ranks (fastmix.train.evaluate).
         The uncompiled, unwrapped model by default: no recompiles for eval mode, the 2x batch or
         the partial last batch, and no DDP forward, whose buffer broadcast would hang on ranks
         that hold different numbers of val batches."""
         net = net or self.model
         self.dist.broadcast_buffers(net)  # every rank evaluates rank 0's model (the one it saves)
-        net.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct1, correct5, count = (torch.zeros((), dtype=torch.int64, device=self.device) for _ in range(3))
-        self.val_loader.set_epoch(0)
-        for x, y in self.val_loader:
-            if not self.channels_last:
-                x = x.contiguous()
-            with speed.autocast(self.precision, self.device):
-                logits = net(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == y).sum()
-            correct5 += (top == y[:, None]).any(dim=1).sum()
-            count += len(y)
-        totals_ = torch.stack([loss_sum, correct1.double(), correct5.double(), count.double()]).tolist()
-        loss, c1, c5, n = self.dist.sum(totals_, self.device)
-        return {"eval_loss": loss / max(1, n), "top1": 100 * c1 / max(1, n), "top5": 100 * c5 / max(1, n),
-                "eval_images": int(n)}
+        return evaluate(net, self.val_loader, self.device, self.precision, self.channels_last, self.dist)
 
     def fit(self) -> dict:
         cfg = self.cfg

@@ -1,0 +1,171 @@
+"""Grid sweeps: one training per cell of a grid over TrainConfig or model fields, resumable.
+
+    rows = run_sweep(load_recipe("cifar10"), parse_grid(["kernel=3,5,7", "patch=1,2,4"]), "runs/sweep")
+
+Each cell trains in DIR/cells/<name>/ (its own epochs.csv, checkpoints, summary.json). A cell
+whose summary.json exists is not trained again; one with only last.pt resumes from it. DIR/sweep.csv
+holds one row per cell: final and best accuracies, epoch time, img/s, parameters, FLOPs, and the
+cost model's predicted epoch time on the present device next to the measured one. DIR/sweep.png
+is the reference reproduction's figure: train accuracy, test accuracy, time per epoch and learning
+rate against epoch, one line per cell. This lives in perf because it uses both train and perf.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import re
+import statistics
+from pathlib import Path
+
+import yaml
+
+from fastmix.devices.catalog import load_catalog, present_device
+from fastmix.model.convmixer import VARIANTS, ConvMixerConfig
+from fastmix.model.flops import convmixer_ops, totals
+from fastmix.train.recipe import TrainConfig
+from fastmix.train.trainer import Trainer
+
+from .cost import Efficiency, predict_run
+
+MODEL_FIELDS = [f.name for f in dataclasses.fields(ConvMixerConfig)]
+TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+RESULT_COLUMNS = ["status", "epochs", "final_top1", "best_top1", "final_top5", "final_train_top1",
+                  "final_eval_loss", "epoch_time_s", "predicted_epoch_s", "predicted_on", "images_per_s",
+                  "params", "fwd_gflops_per_image", "train_gflops_per_image", "out"]
+
+
+class SweepError(ValueError):
+    pass
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """["kernel=3,5,7", "lr=0.01,0.05"] -> {"kernel": [3, 5, 7], "lr": [0.01, 0.05]} (YAML values)."""
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values:
+            raise SweepError(f"--grid {item!r}: expected field=v1,v2,...")
+        if key not in MODEL_FIELDS and key not in TRAIN_FIELDS:
+            raise SweepError(f"--grid {item!r}: {key!r} is neither a model field {MODEL_FIELDS} nor a TrainConfig field")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    if not grid:
+        raise SweepError("no --grid given")
+    return grid
+
+
+def cells(grid: dict[str, list]) -> list[dict]:
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def cell_name(cell: dict) -> str:
+    return "_".join(f"{k}={re.sub(r'[^A-Za-z0-9.+-]', '-', str(v))}" for k, v in cell.items())
+
+
+def cell_config(base: TrainConfig, cell: dict, out: Path) -> TrainConfig:
+    values = base.to_dict()
+    values["model_overrides"] = dict(values["model_overrides"])
+    for key, value in cell.items():
+        if key in MODEL_FIELDS:
+            values["model_overrides"][key] = value
+        else:
+            values[key] = value
+    values["out"] = str(Path(out) / "cells" / cell_name(cell))
+    return TrainConfig(**values)
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _train(cfg: TrainConfig) -> tuple[dict, str]:
+    """The cell's summary, training it only if it has not finished before."""
+    out = Path(cfg.out)
+    done = out / "summary.json"
+    if done.is_file():
+        summary = json.loads(done.read_text())
+        before = summary.get("config", {})
+        changed = sorted(k for k, v in _plain(cfg.to_dict()).items() if before.get(k) != v)
+        if changed:
+            raise SweepError(f"{out}: finished with other settings ({', '.join(changed)}); "
+                             "use another --out, or delete the cell's folder to train it again")
+        return summary, "done before"
+    resume = (out / "last.pt").is_file()
+    return Trainer(cfg, resume=resume).fit(), "resumed" if resume else "trained"
+
+
+def _num(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in ("", None)]
+
+
+def cell_row(cell: dict, cfg: TrainConfig, summary: dict, status: str, eff: Efficiency | None) -> dict:
+    rows = summary["epochs"]
+    final = rows[-1] if rows else {}
+    model = ConvMixerConfig(**{**VARIANTS[cfg.model].__dict__, **cfg.model_overrides})
+    classes = json.loads((Path(cfg.data) / "classes.json").read_text())
+    train_images = json.loads((Path(cfg.data) / "manifest.json").read_text())["splits"]["train"]["written"]
+    t = totals(convmixer_ops(model, cfg.image_size, len(classes)))
+    device = present_device(load_catalog())
+    predicted = predict_run(model, device, summary["precision"], batch=cfg.batch_size,
+                            micro_batch=cfg.micro_batch_size, train_images=train_images, epochs=1,
+                            image_size=cfg.image_size, num_classes=len(classes), eff=eff)
+    times = _num(rows, "epoch_time_s")
+    return {**cell, "status": status, "epochs": len(rows), "final_top1": final.get("top1"),
+            "best_top1": max(_num(rows, "top1"), default=None), "final_top5": final.get("top5"),
+            "final_train_top1": final.get("train_top1"), "final_eval_loss": final.get("eval_loss"),
+            # the median epoch: the first pays start-up (and compilation, with compile: true)
+            "epoch_time_s": statistics.median(times) if times else None,
+            "predicted_epoch_s": predicted["epoch_s"], "predicted_on": f"{device.key} ({predicted['efficiency_source']})",
+            "images_per_s": statistics.median(_num(rows, "images_per_s")) if rows else None,
+            "params": t.params, "fwd_gflops_per_image": t.fwd_model_flops / 1e9,
+            "train_gflops_per_image": t.train_model_flops / 1e9, "out": cfg.out}
+
+
+def write_csv(path: Path, grid: dict, rows: list[dict]) -> None:
+    tmp = Path(f"{path}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["cell", *grid, *RESULT_COLUMNS])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    """Train accuracy, test accuracy, time per epoch, learning rate against epoch; a line per cell."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("train_top1", "train accuracy (%)"), ("top1", "test accuracy (%)"),
+              ("epoch_time_s", "time per epoch (s)"), ("lr", "learning rate")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for row in rows:
+        with open(Path(row["out"]) / "epochs.csv") as f:
+            epochs = list(csv.DictReader(f))
+        x = [int(r["epoch"]) + 1 for r in epochs]
+        for ax, (key, _) in zip(axes.flat, panels):
+            y = [float(r[key]) if r.get(key) not in ("", None) else float("nan") for r in epochs]
+            ax.plot(x, y, "o-", ms=3, label=row["cell"])
+    for ax, (_, title) in zip(axes.flat, panels):
+        ax.set(title=title, xlabel="epoch")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_sweep(base: TrainConfig, grid: dict[str, list], out: str | Path,
+              calibration: str | Path | None = None) -> list[dict]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    eff = Efficiency.load(calibration) if calibration else None
+    rows = []
+    for n, cell in enumerate(cells(grid), start=1):
+        cfg = cell_config(base, cell, out)
+        print(f"sweep: cell {n}/{len(cells(grid))} {cell_name(cell)}", flush=True)
+        summary, status = _train(cfg)
+        rows.append({"cell": cell_name(cell), **cell_row(cell, cfg, summary, status, eff)})
+        write_csv(out / "sweep.csv", grid, rows)  # after every cell: progress is visible
+    plot(out / "sweep.png", rows)
+    return rows

@@ -1,0 +1,86 @@
+"""A 2 x 2 kernel x patch sweep on a tiny CIFAR-format dataset: runs to completion, writes the CSV
+and the four-panel PNG, and a rerun trains nothing (an interrupted cell resumes)."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cifar_format import convert_cifar, smooth_split, write_cifar10
+from fastmix.perf import sweep
+from fastmix.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import sweep as sweep_tool  # noqa: E402  (tools/sweep.py)
+
+RECIPE = dict(backend="resident", workers=1, device="cpu", precision="fp32", channels_last="off",
+              model="convmixer_256_8", model_overrides={"dim": 16, "depth": 1}, batch_size=8, micro_batch=8,
+              epochs=2, image_size=32, crop_ratio=1.0, crop_scale=[0.5, 1.0], rand_augment=None, mixup=0.0,
+              cutmix=0.0, reprob=0.0, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    tarball = write_cifar10(root / "cifar-10-python.tar.gz", smooth_split(40, 10, 0), smooth_split(20, 10, 1))
+    convert_cifar(tarball, root / "data")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "data": str(root / "data")}))
+    return path
+
+
+def test_two_by_two_sweep_then_a_rerun_trains_nothing(recipe, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    args = ["--recipe", str(recipe), "--grid", "kernel=3,5", "--grid", "patch=4,8", "--out", str(out)]
+    assert sweep_tool.main(args) == 0
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["cell", "kernel", "patch", *sweep.RESULT_COLUMNS]
+    assert [(r["kernel"], r["patch"]) for r in rows] == [("3", "4"), ("3", "8"), ("5", "4"), ("5", "8")]
+    for r in rows:
+        assert r["status"] == "trained" and r["epochs"] == "2"
+        assert 0 <= float(r["final_top1"]) <= 100 and r["final_train_top1"] != ""  # no mixup: logged
+        assert float(r["epoch_time_s"]) > 0 and float(r["predicted_epoch_s"]) > 0
+        assert r["predicted_on"].startswith("cpu")
+        config = json.loads((Path(r["out"]) / "summary.json").read_text())["config"]
+        assert config["model_overrides"] == {"dim": 16, "depth": 1, "kernel": int(r["kernel"]), "patch": int(r["patch"])}
+    # kernel changes the depthwise weights only (dim x k^2 more); a smaller patch means 4x the tokens
+    params = {(r["kernel"], r["patch"]): int(r["params"]) for r in rows}
+    assert params["5", "4"] - params["3", "4"] == 16 * (25 - 9)
+    flops = {(r["kernel"], r["patch"]): float(r["fwd_gflops_per_image"]) for r in rows}
+    assert flops["3", "4"] > flops["3", "8"]
+    png = Image.open(out / "sweep.png")
+    assert png.format == "PNG" and png.size == (990, 675)
+
+    # Rerun: every cell is found finished, nothing trains.
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished cell was trained again"))
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/last.pt")}
+    assert sweep_tool.main(args) == 0
+    with open(out / "sweep.csv") as f:
+        again = list(csv.DictReader(f))
+    assert [r["status"] for r in again] == ["done before"] * 4
+    assert [r["final_top1"] for r in again] == [r["final_top1"] for r in rows]
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("cells/*/last.pt")}
+
+    # A cell interrupted after its last checkpoint (no summary.json) resumes, with no epoch left to train.
+    monkeypatch.undo()
+    (out / "cells" / "kernel=5_patch=8" / "summary.json").unlink()
+    rows = sweep.run_sweep(sweep_tool.load_recipe(str(recipe)), sweep.parse_grid(["kernel=3,5", "patch=4,8"]), out)
+    assert [r["status"] for r in rows] == ["done before"] * 3 + ["resumed"]
+
+    # Other settings for a finished cell are refused, not silently mixed.
+    assert sweep_tool.main([*args, "--set", "epochs=3"]) == 2
+
+
+def test_grid_errors_are_clear():
+    with pytest.raises(sweep.SweepError, match="'kernal' is neither a model field"):
+        sweep.parse_grid(["kernal=3,5"])
+    with pytest.raises(sweep.SweepError, match="expected field=v1,v2"):
+        sweep.parse_grid(["kernel"])
+    assert sweep.parse_grid(["lr=0.01,0.05", "act=gelu,relu"]) == {"lr": [0.01, 0.05], "act": ["gelu", "relu"]}
