@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 import subprocess
 import sys
 import tarfile

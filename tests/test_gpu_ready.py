@@ -25,7 +25,9 @@ def test_abandoned_epochs_leave_no_threads_behind(flat_converted, backend):
         next(batches)
         batches.close()
         counts.append(threading.active_count())
-    assert counts[-1] <= counts[1], counts  # nvjpeg's file-reading pool starts its threads in epoch 0
+    # A leak adds a thread per abandoned epoch (ffcv before the fix: +1 each epoch). nvjpeg's
+    # file-reading pool may start its second (last) thread in any epoch: at most one more.
+    assert counts[-1] - counts[1] <= 1, counts
 
 
 def stand_in_nvml(monkeypatch, fail: dict | None = None):

@@ -16,7 +16,6 @@ from argparse import Namespace
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
 
 from fastmix.devices.telemetry import Telemetry
 

@@ -5,6 +5,7 @@ so MFU can be stated against both.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -44,3 +45,10 @@ def ceilings(device: torch.device, precision: str, n: int | None = None, nbytes:
     cp = median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1)
     return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
             "copy_gbs": 2 * nbytes / cp / 1e9, "copy_bytes": nbytes}
+
+
+@functools.lru_cache(maxsize=None)
+def host_matmul_tflops(precision: str) -> float:
+    """This host CPU's measured matmul TFLOP/s (512^2, once per process and precision): the peak
+    CPU MFU is stated against, since a VM's CPU has no datasheet peak."""
+    return ceilings(torch.device("cpu"), precision, n=512, nbytes=2**22)["matmul_tflops"]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import statistics
 import time
 import warnings
 
 import torch
 from torch import nn
+
+# the timing helpers live with the device ceilings they were written for; the speed tricks time with them too
+from fastmix.devices.ceilings import median_seconds, sync  # noqa: F401
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,25 +62,6 @@ def autocast(precision: str, device: torch.device):
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 only (bf16 has fp32's exponent range); disabled is a no-op."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> float:
-    """Median wall seconds of `fn()` after `warmup` calls, the device synchronized around each."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def configure_cudnn() -> bool:

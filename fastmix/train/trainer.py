@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fastmix.devices.catalog import load_catalog, present_device
+from fastmix.devices.ceilings import host_matmul_tflops
 from fastmix.model.convmixer import create_model
 from fastmix.model.flops import convmixer_ops, totals
 from loaders import make_loader
@@ -109,7 +110,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
 
-        self.peak_flops, self._flops_per_image = self._peak_flops(), {}
+        (self.peak_flops, self.peak_source), self._flops_per_image = self._peak_flops(), {}
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.stats, self.update_times, self._fitted_sizes = UpdateStats(self.device), [], set()
         self.train_hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # correct, seen (this epoch)
@@ -127,12 +128,17 @@ class Trainer:
         (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         return info
 
-    def _peak_flops(self) -> float | None:
-        """This device's catalog peak at the run's precision (for MFU), if the catalog knows it."""
+    def _peak_flops(self) -> tuple[float | None, str]:
+        """The peak MFU is stated against, at the run's precision, and where it comes from: the
+        catalog's datasheet peak on a GPU; on a CPU this host's own measured matmul."""
+        if self.device.type == "cpu":
+            tflops = host_matmul_tflops(self.precision)
+            return tflops * 1e12 * self.dist.world_size, f"measured on this host: {tflops:.3g} TFLOP/s matmul"
         try:
-            return present_device(load_catalog()).peak_tflops(self.precision) * 1e12 * self.dist.world_size
-        except (KeyError, ValueError):
-            return None
+            dev = present_device(load_catalog())
+            return dev.peak_tflops(self.precision) * 1e12 * self.dist.world_size, f"catalog: {dev.name}"
+        except (KeyError, ValueError) as e:
+            return None, f"peak unknown ({e})"
 
     def mfu(self, images_per_s: float, size: int) -> float | None:
         """Model FLOPs utilization, nanoGPT-style: analytic training FLOPs/s over the peak."""
@@ -166,7 +172,7 @@ class Trainer:
         missing = [k for k, on in wanted.items() if on and k not in loader.augmentations]
         return {"config": self.cfg.to_dict(), "device": str(self.device), "precision": self.precision,
                 "channels_last": self.channels_last, "channels_last_timings_s": self.format_timings,
-                "cudnn_benchmark": self.cudnn_benchmark, "world_size": self.dist.world_size,
+                "cudnn_benchmark": self.cudnn_benchmark, "mfu_peak": self.peak_source, "world_size": self.dist.world_size,
                 "micro_batch": self.micro_batch, "accum_steps": self.accum_steps,
                 "micro_batch_retries": self.micro_batch_retries, "peak_lr": self.lr,
                 "updates_per_epoch": self.updates_per_epoch,
@@ -239,10 +245,12 @@ class Trainer:
         bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch}", disable=None if self.dist.is_main else True,
                    leave=False, dynamic_ncols=True, mininterval=2)
         start = window_start = time.perf_counter()
-        window, out_of_memory, batches = 0, None, iter(loader)
+        window, waited, out_of_memory, batches = 0, 0.0, None, iter(loader)
         try:
             for i in bar:
+                t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(self.accum_steps)]
+                waited += time.perf_counter() - t0  # the loop waiting for the loader (a stall)
                 try:
                     self.optimizer_step(self.forward_backward(micro))
                 except torch.cuda.OutOfMemoryError as e:
@@ -254,8 +262,8 @@ class Trainer:
                 window += 1
                 logged = self.updates % cfg.log_every == 0
                 if i == 0 or logged or i == self.updates_per_epoch - 1:  # the only host syncs
-                    stats = self._read(epoch, size, window, time.perf_counter() - window_start, bar, logged)
-                    window, window_start = 0, time.perf_counter()
+                    stats = self._read(epoch, size, window, time.perf_counter() - window_start, waited, bar, logged)
+                    window, waited, window_start = 0, 0.0, time.perf_counter()
         finally:
             close = getattr(batches, "close", None)  # an abandoned epoch frees its loader's threads
             if close is not None:
@@ -273,7 +281,7 @@ class Trainer:
                 "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
                 "scaler_skipped": int(stats["scaler_skipped"])}
 
-    def _read(self, epoch: int, size: int, window: int, seconds: float, bar, logged: bool) -> dict:
+    def _read(self, epoch: int, size: int, window: int, seconds: float, waited: float, bar, logged: bool) -> dict:
         """Read the device's statistics (waits for it), time the window of updates since the last
         read, stop on a non-finite streak, and write a log line where one is due."""
         stats = self.stats.read()
@@ -289,7 +297,8 @@ class Trainer:
         if logged:
             self.log.step({"epoch": epoch, "update": self.updates, "loss": stats["loss"], "lr": self._lr(),
                            "grad_norm": stats["grad_norm"], "scale": stats["scale"], "images_per_s": rate,
-                           "mfu": self.mfu(rate, size), "image_size": size})
+                           "mfu": self.mfu(rate, size), "image_size": size,
+                           "data_wait_share": waited / seconds if seconds > 0 else None})
         return stats
 
     def _may_retry(self, size: int) -> bool:
