@@ -31,6 +31,7 @@ COMPILE_SHARE = 0.10           # inductor workspaces, as a share of the activati
 DALI_STAGES = 3                # prefetch_queue_depth=2 + the batch being processed
 DALI_STORED_SIDE = 512         # decoded images are at most the converter's max side (default 512)
 DALI_SCRATCH_GB = 0.15         # nvJPEG / resize scratch per pipeline
+RECIPE_EXTRAS = {"loader": "dali", "compile": True}  # what the GPU recipes (t4, a100, h100) run with
 
 
 def _config(model: str | ConvMixerConfig) -> ConvMixerConfig:

@@ -1,0 +1,213 @@
+"""Op-level calibration: time each distinct ConvMixer op in isolation and fit its efficiency.
+
+    cal = op_calibration([OpCase("convmixer_768_32", 224, 32, channels_last=True, precision="fp16"), ...],
+                         device, gpu)
+
+For every case (variant, resolution, batch, layout, precision) each distinct op of the variant's
+op list (fastmix.model.flops: stem, depthwise, activation, BN, residual add, pointwise, pool,
+head, loss; one block's ops stand for all blocks) runs forward + backward on random tensors of
+its real shape and dtype, `reps` times back to back (CUDA: between two events, no sync inside,
+so launches pipeline as in a real step; CPU: wall clock), and AdamW steps once over the
+variant's real parameters. Per op key (fastmix.perf.cost.op_key: kind + shape features +
+layout) a least-squares line `measured = overhead + ideal / efficiency` is fitted over the
+key's points (ideal = the op's roofline time at 100 % of the device). A per-step overhead
+(loss scaling, zero_grad, Python) comes from one full step of a small ConvMixer that is none of
+the registered variants, less the sum of its fitted ops.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from fastmix.devices.catalog import Device
+from fastmix.model.convmixer import ACTIVATIONS, ConvMixerConfig, create_model
+from fastmix.model.flops import Op, convmixer_ops, tokens
+from fastmix.train import speed
+from fastmix.train.optim import build_optimizer
+from fastmix.train.recipe import TrainConfig
+
+from .cost import Efficiency, ideal_times, op_key, optimizer_ideal, predict_step, resolve
+
+# A small ConvMixer that no test or benchmark predicts: its full step measures the per-step overhead.
+OVERHEAD_PROBE = ConvMixerConfig(64, 2, kernel=5, patch=4, act="gelu")
+
+
+@dataclass(frozen=True)
+class OpCase:
+    model: str
+    image_size: int
+    batch: int
+    channels_last: bool = False
+    precision: str = "fp32"
+    num_classes: int = 100
+
+
+def distinct_ops(cfg: ConvMixerConfig, image_size: int, num_classes: int) -> list[Op]:
+    """The stem, the first block's ops and the tail: every op kind once (blocks are identical)."""
+    seen, out = set(), []
+    for op in convmixer_ops(cfg, image_size, num_classes):
+        if op.kind not in seen:
+            seen.add(op.kind)
+            out.append(op)
+    return out
+
+
+def op_runner(op: Op, cfg: ConvMixerConfig, case: OpCase, device: torch.device):
+    """A closure running `op` forward + backward once at the case's shape, dtype and layout."""
+    h, side, b = cfg.dim, int(tokens(cfg, case.image_size) ** 0.5), case.batch
+    fmt = torch.channels_last if case.channels_last else torch.contiguous_format
+    low = speed.AUTOCAST[case.precision] or torch.float32  # activations' dtype inside the model
+
+    def feature(dtype=low):
+        return torch.randn(b, h, side, side, device=device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+    if op.kind in ("stem", "depthwise", "pointwise"):
+        conv = {"stem": lambda: nn.Conv2d(3, h, cfg.patch, stride=cfg.patch),
+                "depthwise": lambda: nn.Conv2d(h, h, cfg.kernel, groups=h, padding="same"),
+                "pointwise": lambda: nn.Conv2d(h, h, 1)}[op.kind]().to(device, memory_format=fmt)
+        x = (torch.randn(b, 3, case.image_size, case.image_size, device=device).contiguous(memory_format=fmt)
+             if op.kind == "stem" else feature())
+        fn, module = (lambda: conv(x)), conv
+    elif op.kind in ("activation", "batchnorm"):
+        module = (ACTIVATIONS[cfg.act]() if op.kind == "activation" else nn.BatchNorm2d(h)).to(device)
+        x = feature()
+        fn = lambda: module(x)  # noqa: E731
+    elif op.kind == "residual":
+        x, y, module = feature(), feature(), None
+        fn = lambda: x + y  # noqa: E731
+    elif op.kind == "pool":
+        x, module = feature(), None
+        fn = lambda: x.mean(dim=(2, 3), dtype=torch.float32)  # noqa: E731
+    elif op.kind == "head":
+        module = nn.Linear(h, case.num_classes).to(device)
+        x = torch.randn(b, h, device=device, requires_grad=True)
+        fn = lambda: module(x)  # noqa: E731
+    elif op.kind == "loss":
+        x = torch.randn(b, case.num_classes, device=device, requires_grad=True)
+        y, module = torch.randint(0, case.num_classes, (b,), device=device), None
+        fn = lambda: F.cross_entropy(x, y)  # noqa: E731
+    else:
+        raise ValueError(f"no runner for op kind {op.kind!r}")
+    autocast_on = op.kind in ("stem", "depthwise", "pointwise", "activation", "batchnorm", "residual")
+    grad = {}
+
+    def run():
+        with speed.autocast(case.precision if autocast_on else "fp32", device):
+            out = fn()
+        if "g" not in grad:
+            grad["g"] = torch.ones_like(out)
+        out.backward(grad["g"])
+        x.grad = None
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+    return run
+
+
+def back_to_back_seconds(fn, device: torch.device, reps: int, rounds: int = 3, warmup: int = 2) -> float:
+    """Median over `rounds` of (time of `reps` calls back to back) / reps."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(rounds):
+        speed.sync(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            out.append(start.elapsed_time(end) / 1e3 / reps)
+        else:
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            out.append((time.perf_counter() - t) / reps)
+    return statistics.median(out)
+
+
+def optimizer_runner(model_name: str | ConvMixerConfig, device: torch.device, num_classes: int):
+    cfg = resolve(model_name)
+    model = create_model("convmixer_256_8", num_classes=num_classes, **cfg.__dict__).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = build_optimizer(model, TrainConfig(), lr=1e-3)
+    return opt.step, sum(p.numel() for p in model.parameters())
+
+
+def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: int = 3) -> list[dict]:
+    """Seconds per forward + backward of every distinct op of every case, with its ideal time."""
+    rows, optimizers = [], {}
+    work = [(c, op) for c in cases for op in distinct_ops(resolve(c.model), c.image_size, c.num_classes)]
+    for case, op in tqdm(work, desc="op benchmark", disable=None):
+        cfg = resolve(case.model)
+        seconds = back_to_back_seconds(op_runner(op, cfg, case, device), device, reps)
+        ideal = sum(ideal_times(op, case.batch, case.precision, gpu))
+        rows.append({"key": op_key(op, cfg, case.channels_last), "op": op.name, **asdict(case),
+                     "measured_s": seconds, "ideal_s": ideal})
+        if case.model not in optimizers:  # AdamW depends on the parameters only
+            step, params = optimizer_runner(case.model, device, case.num_classes)
+            optimizers[case.model] = {"key": "optimizer", "op": "optimizer", **asdict(case),
+                                      "measured_s": back_to_back_seconds(step, device, 1, warmup=1),
+                                      "ideal_s": optimizer_ideal(params, gpu)}
+            del step
+    return rows + list(optimizers.values())
+
+
+def fit_line(points: list[tuple[float, float]]) -> dict:
+    """measured = overhead + ideal / efficiency, least squares, overhead >= 0 (else through 0)."""
+    x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    if len(points) > 1 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        if intercept >= 0 and slope > 0:
+            return {"efficiency": float(1 / slope), "overhead_s": float(intercept), "points": len(points)}
+    slope = float((x @ y) / (x @ x))
+    return {"efficiency": 1 / slope, "overhead_s": 0.0, "points": len(points)}
+
+
+def fit(rows: list[dict]) -> dict:
+    by_key = defaultdict(list)
+    for r in rows:
+        by_key[r["key"]].append((r["ideal_s"], r["measured_s"]))
+    return {k: fit_line(v) for k, v in sorted(by_key.items())}
+
+
+def step_overhead(eff: Efficiency, device: torch.device, gpu: Device, precision: str, reps: int = 5) -> float:
+    """A full training step of OVERHEAD_PROBE less the sum of its fitted ops (>= 0)."""
+    from .profiler import ProfileSpec, build_step
+    spec = ProfileSpec("convmixer_256_8", 4, 32, precision, "off")
+    step, _ = build_step(spec, device, config=OVERHEAD_PROBE)
+    measured = back_to_back_seconds(step, device, reps)
+    predicted = predict_step(OVERHEAD_PROBE, spec.batch, precision, gpu, eff, spec.image_size)["step_s"]
+    return max(0.0, measured - predicted)
+
+
+def op_calibration(cases: list[OpCase], device: torch.device, gpu: Device, reps: int = 3) -> dict:
+    """Measure, fit, and measure the per-step overhead: the op-level part of a calibration file."""
+    if not cases:
+        raise ValueError("op calibration: no cases")
+    precisions = {c.precision for c in cases}
+    rows = measure_ops(cases, device, gpu, reps)
+    ops = fit(rows)
+    eff = Efficiency(ops=ops, source="op-level calibration")
+    overhead = step_overhead(eff, device, gpu, sorted(precisions)[0])
+    return {"op_efficiency": ops, "step_overhead_s": overhead, "op_measurements": rows,
+            "op_cases": [asdict(c) for c in cases]}
+
+
+def quick_cases(device: torch.device, precision: str) -> list[OpCase]:
+    """tools/profile_gpu.py --quick: the three ImageNet variants at 224 px, two batches, both
+    layouts (CUDA); small resolutions and batches on a CPU."""
+    models = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
+    if device.type == "cuda":
+        sizes, batches = {m: 224 for m in models}, (16, 64)
+    else:
+        sizes, batches = {"convmixer_768_32": 64, "convmixer_1536_20": 64, "convmixer_1024_20_ks9_p14": 112}, (1, 3)
+    return [OpCase(m, sizes[m], b, cl, precision) for m in models for b in batches for cl in (False, True)]
