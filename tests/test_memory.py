@@ -74,3 +74,18 @@ def test_device_budget_counts_every_component_and_picks_the_micro_batch():
     assert micro and 64 % micro == 0
     assert device_training_memory("convmixer_1536_20", micro, "fp16", 224, ema=True, loader="dali")["total"] <= 16 * GB
     assert device_training_memory("convmixer_1536_20", 2 * micro, "fp16", 224, ema=True, loader="dali")["total"] > 16 * GB
+
+
+def test_t4_recipe_micro_batches_come_from_the_memory_model():
+    """The t4 recipe's micro-batch per variant is what the device memory model picks (DALI pools
+    for train + val, compile workspaces, context, cuDNN workspace), and the comment states it."""
+    from fastmix.train.recipe import RECIPES, load_recipe
+    t4, text = load_catalog()["t4"], (RECIPES / "t4.yaml").read_text()
+    for name in VARIANTS:
+        cfg = load_recipe("t4", model=name)
+        want = largest_micro_batch(name, t4, cfg.precision, cfg.batch_size, cfg.image_size, loader=cfg.backend,
+                                   compile=cfg.compile, ema=cfg.ema)
+        assert cfg.micro_batch_size == want, name
+        gb = device_training_memory(name, want, cfg.precision, cfg.image_size, loader=cfg.backend,
+                                    compile=cfg.compile, ema=cfg.ema)["total"] / GB
+        assert f"{want} -> {gb:.1f} GB" in text, name

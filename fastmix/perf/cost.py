@@ -89,22 +89,28 @@ def packaged_calibration(device: Device) -> Efficiency | None:
     return Efficiency.load(path) if path.is_file() else None
 
 
+SPREAD_KINDS = ("stem", "pointwise", "depthwise", "batchnorm", "activation", "residual", "optimizer")  # the time
+
+
 @lru_cache(maxsize=1)
 def default_spread() -> tuple[dict, str]:
-    """Per op class, the factor r by which efficiencies vary: sqrt(max/min) of the fitted
-    efficiencies of the class's keys, per packaged calibration, the largest over devices;
-    at least MIN_SPREAD. Returns ({class: r}, a sentence naming the data)."""
+    """Per op class, the factor r by which efficiencies vary: r = sqrt(p90 / p10) of the
+    efficiencies (ideal / measured) of the class's op timings in each packaged calibration,
+    the largest over devices, at least MIN_SPREAD. Only the kinds that hold the time count
+    (pool, head and loss are microseconds). Returns ({class: r}, a sentence naming the data)."""
     spread, seen = dict.fromkeys(CLASSES, MIN_SPREAD), []
     for path in sorted(CALIBRATIONS.glob("*.json")):
-        ops = json.loads(path.read_text()).get("op_efficiency", {})
-        seen.append(f"{path.stem} ({len(ops)} op keys)")
+        rows = json.loads(path.read_text()).get("op_measurements", [])
+        seen.append(f"{path.stem} ({len(rows)} op timings)")
         for c in CLASSES:
-            effs = [v["efficiency"] for k, v in ops.items() if CLASS_OF[k.split(":")[0]] == c and v["efficiency"] > 0]
+            effs = sorted(r["ideal_s"] / r["measured_s"] for r in rows if r["measured_s"] > 0
+                          and r["key"].split(":")[0] in SPREAD_KINDS and CLASS_OF[r["key"].split(":")[0]] == c)
             if len(effs) > 1:
-                spread[c] = max(spread[c], math.sqrt(max(effs) / min(effs)))
+                p10, p90 = effs[int(0.1 * (len(effs) - 1))], effs[math.ceil(0.9 * (len(effs) - 1))]
+                spread[c] = max(spread[c], math.sqrt(p90 / p10))
     where = ", ".join(seen) or "no packaged calibration"
-    return spread, (f"efficiency spread across op shapes of {where} (fastmix/perf/calibrations/), "
-                    f"at least x/÷{MIN_SPREAD}")
+    return spread, (f"x/÷ sqrt(p90/p10) of op efficiencies per class in {where} "
+                    f"(fastmix/perf/calibrations/), at least x/÷{MIN_SPREAD}")
 
 
 def resolve(model: str | ConvMixerConfig) -> ConvMixerConfig:

@@ -1,0 +1,95 @@
+"""Calibration predicts what it did not measure (leave-one-out on this CPU), and refuses to fit
+nothing. CPU timings are noisy on a shared 2-core machine: the models are tiny, torch runs one
+thread (no spinning barrier between two threads fighting other processes for cores), and the
+tolerance is set from measurements with margin (see TOLERANCE)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastmix.devices.catalog import load_catalog
+from fastmix.model.convmixer import ConvMixerConfig
+from fastmix.perf import profiler
+from fastmix.perf.calibration import run_calibration
+from fastmix.perf.cost import Efficiency, predict_step
+from fastmix.perf.opbench import OpCase, back_to_back_seconds, op_calibration
+from fastmix.perf.profiler import ProfileSpec, build_step, calibrate
+
+# Measured on the shared 2-core CI machine (load average 4-8): held-out errors of the op-level
+# calibration up to 24 %, of the end-to-end one up to ~15 %; the uncalibrated defaults are off
+# by 90-97 % here (the catalog's CPU figures are far above what small ops reach). 45 % keeps
+# the tests green under load and still fails a calibration that returns the defaults.
+TOLERANCE = 0.45
+TINY = ConvMixerConfig(96, 3, kernel=7, patch=4, act="relu")   # not a registered variant
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def measured_step(batch: int, size: int) -> float:
+    step, _ = build_step(ProfileSpec("convmixer_256_8", batch, size, "fp32", "off"), CPU, config=TINY)
+    return back_to_back_seconds(step, CPU, reps=3)
+
+
+def test_op_level_calibration_predicts_held_out_steps(one_thread):
+    """Calibrate on isolated ops at batches 2 and 6 (32 px); predict whole steps at other
+    batches and another resolution, each measured."""
+    cpu = load_catalog()["cpu"]
+    cal = op_calibration([OpCase(TINY, 32, b) for b in (2, 6)], CPU, cpu, reps=3)
+    assert {"depthwise:k7:nchw", "pointwise:nchw", "activation:relu:nchw", "optimizer"} <= set(cal["op_efficiency"])
+    eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"], source="op-level")
+    for batch, size in [(4, 32), (8, 48)]:
+        measured = measured_step(batch, size)
+        predicted = predict_step(TINY, batch, "fp32", cpu, eff, size)["step_s"]
+        default = predict_step(TINY, batch, "fp32", cpu, Efficiency(), size)["step_s"]
+        assert abs(predicted / measured - 1) < TOLERANCE, (batch, size, predicted, measured)
+        assert abs(default / measured - 1) > TOLERANCE  # so a calibration returning defaults fails
+
+
+def test_end_to_end_calibration_leave_one_out(tmp_path, one_thread):
+    """Calibrate on one configuration (profiler breakdown), predict two held-out ones."""
+    specs = [ProfileSpec("convmixer_256_8", 4, 32, "fp32", "off"), ProfileSpec("convmixer_256_8", 8, 32, "fp32", "off"),
+             ProfileSpec("convmixer_256_8", 4, 48, "fp32", "off")]
+    result = run_calibration(specs, tmp_path, steps=4, warmup=2, device="cpu", with_ceilings=False)
+    held_out = [r for r in result["predictions"] if not r["calibration"]]
+    assert len(held_out) == 2
+    for r in held_out:
+        assert abs(r["error"]) < TOLERANCE, r
+        assert abs(r["uncalibrated_error"]) > TOLERANCE, r
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["held_out_error"] == pytest.approx(max(abs(r["error"]) for r in held_out))
+    eff = Efficiency.load(tmp_path / "calibration.json")
+    p = predict_step("convmixer_256_8", 8, "fp32", load_catalog()["cpu"], eff, 32)
+    assert p["range_s"][0] < p["step_s"] < p["range_s"][1] and "held-out" in p["range_source"]
+
+
+def test_calibrate_refuses_an_empty_breakdown():
+    """torch.compile's kernels are not aten:: ops: the breakdown is all zeros. No silent defaults."""
+    m = {"spec": ProfileSpec("convmixer_256_8", 4, 32, "fp32", "off").__dict__, "precision": "fp32",
+         "median_s": 0.1, "breakdown_s": {"gemm": 0.0, "depthwise": 0.0, "elementwise": 0.0, "optimizer": 0.0,
+                                          "other": 0.2}}
+    with pytest.raises(RuntimeError, match="no time to any op class"):
+        calibrate(m, load_catalog()["cpu"])
+
+
+def test_unknown_gpu_is_measured_not_a_key_error(monkeypatch):
+    """A GPU missing from the catalog: its ceilings stand in for peaks, marked "peak unknown"."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA RTX PRO 9999")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda *a: type("P", (), {"total_memory": 48e9})())
+    measured = {"fp32": 50.0, "fp16": 400.0, "bf16": 390.0}
+    monkeypatch.setattr(profiler, "ceilings", lambda dev, prec: {"matmul_tflops": measured[prec], "copy_gbs": 1500.0})
+    with pytest.warns(UserWarning, match="not in the device catalog"):
+        dev, known = profiler.device_entry(torch.device("cuda"))
+    assert not known and dev.key == "nvidia-rtx-pro-9999" and "peak unknown" in dev.source
+    assert (dev.fp32, dev.fp16_tensor, dev.bf16_tensor, dev.bandwidth_gbs, dev.memory_gb) == (50, 400, 390, 1500, 48)
+    assert profiler.device_entry(CPU)[1]
