@@ -70,7 +70,8 @@ def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str |
     dev = resolve_device(device)
     gpu, peak_known = device_entry(dev, catalog)
     cal = op_calibration(cases, dev, gpu, reps)
-    eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"], source="op-level calibration")
+    eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"],
+                     overhead_per_op_s=cal["overhead_per_op_s"], source="op-level calibration")
     measurements = [measure(s, dev, gpu, steps, warmup, breakdown=cross_check and i == 0)
                     for i, s in enumerate(tqdm(specs, desc="end-to-end", disable=None))]
     e2e = calibrate(measurements[0], gpu) if cross_check else None

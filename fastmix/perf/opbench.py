@@ -9,18 +9,17 @@ head, loss; one block's ops stand for all blocks) runs forward + backward on ran
 its real shape and dtype, `reps` times back to back (CUDA: between two events, no sync inside,
 so launches pipeline as in a real step; CPU: wall clock), and AdamW steps once over the
 variant's real parameters. Per op key (fastmix.perf.cost.op_key: kind + shape features +
-layout) a least-squares line `measured = overhead + ideal / efficiency` is fitted over the
-key's points (ideal = the op's roofline time at 100 % of the device). A per-step overhead
-(loss scaling, zero_grad, Python) comes from one full step of a small ConvMixer that is none of
-the registered variants, less the sum of its fitted ops.
+layout) `efficiency = sum(ideal) / sum(measured)` over the key's points (ideal = the op's
+roofline time at 100 % of the device). Fixed costs (per step: loss scaling, zero_grad; per op:
+launch, dispatch) come from full steps of a small ConvMixer that is none of the registered
+variants, at two depths, less the sum of its fitted ops.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +32,7 @@ from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
 
-from .cost import Efficiency, ideal_times, op_key, optimizer_ideal, predict_step, resolve
+from .cost import Efficiency, ideal_times, num_ops, op_key, optimizer_ideal, predict_step, resolve
 
 # A small ConvMixer that no test or benchmark predicts: its full step measures the per-step overhead.
 OVERHEAD_PROBE = ConvMixerConfig(64, 2, kernel=5, patch=4, act="gelu")
@@ -163,16 +162,29 @@ def optimizer_runner(model_name: str | ConvMixerConfig, device: torch.device, nu
     return opt.step, sum(p.numel() for p in model.parameters())
 
 
+def harness_seconds(device: torch.device, reps: int) -> float:
+    """What timing an op alone costs beyond the op: a forward + its own backward() call (the
+    autograd engine starts once per call; inside a model, once per step) on a 1-element tensor."""
+    x = torch.ones(1, device=device, requires_grad=True)
+
+    def run():
+        (x * 1).backward()
+        x.grad = None
+    return back_to_back_seconds(run, device, max(reps, 10))
+
+
 def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: int = 3) -> list[dict]:
-    """Seconds per forward + backward of every distinct op of every case, with its ideal time."""
+    """Seconds per forward + backward of every distinct op of every case, less the timing
+    harness's own cost (at most half of the raw time), with its ideal time."""
     rows, optimizers = [], {}
+    harness = harness_seconds(device, reps)
     work = [(c, op) for c in cases for op in distinct_ops(resolve(c.model), c.image_size, c.num_classes)]
     for case, op in tqdm(work, desc="op benchmark", disable=None):
         cfg = resolve(case.model)
-        seconds = back_to_back_seconds(op_runner(op, cfg, case, device), device, reps)
+        raw = back_to_back_seconds(op_runner(op, cfg, case, device), device, reps)
         ideal = sum(ideal_times(op, case.batch, case.precision, gpu))
         rows.append({"key": op_key(op, cfg, case.channels_last), "op": op.name, **asdict(case),
-                     "measured_s": seconds, "ideal_s": ideal})
+                     "measured_s": max(raw - harness, raw / 2), "raw_s": raw, "harness_s": harness, "ideal_s": ideal})
         if case.model not in optimizers:  # AdamW depends on the parameters only
             step, params = optimizer_runner(case.model, device, case.num_classes)
             optimizers[case.model] = {"key": "optimizer", "op": "optimizer", **asdict(case),
@@ -183,14 +195,12 @@ def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: in
 
 
 def fit_line(points: list[tuple[float, float]]) -> dict:
-    """measured = overhead + ideal / efficiency, least squares, overhead >= 0 (else through 0)."""
-    x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    if len(points) > 1 and np.ptp(x) > 0:
-        slope, intercept = np.polyfit(x, y, 1)
-        if intercept >= 0 and slope > 0:
-            return {"efficiency": float(1 / slope), "overhead_s": float(intercept), "points": len(points)}
-    slope = float((x @ y) / (x @ x))
-    return {"efficiency": 1 / slope, "overhead_s": 0.0, "points": len(points)}
+    """measured = ideal / efficiency through the origin, weighted by time (efficiency = sum of
+    ideal / sum of measured). A free intercept fitted on two noisy points per key came out as
+    large as a whole op and, x depth, swamped predictions; fixed costs are measured apart
+    (`overheads`), the same for every op."""
+    ideal, measured = sum(p[0] for p in points), sum(p[1] for p in points)
+    return {"efficiency": ideal / measured, "overhead_s": 0.0, "points": len(points)}
 
 
 def fit(rows: list[dict]) -> dict:
@@ -200,27 +210,35 @@ def fit(rows: list[dict]) -> dict:
     return {k: fit_line(v) for k, v in sorted(by_key.items())}
 
 
-def step_overhead(eff: Efficiency, device: torch.device, gpu: Device, precision: str, reps: int = 5) -> float:
-    """A full training step of OVERHEAD_PROBE less the sum of its fitted ops (>= 0)."""
+def overheads(eff: Efficiency, device: torch.device, gpu: Device, precision: str, reps: int = 5) -> tuple[float, float]:
+    """(per step, per op) seconds beyond the fitted ops: full steps of OVERHEAD_PROBE at depths
+    2 and 6 (fixed costs dominate a small model), less their predicted ops; the line through
+    the two leftovers against the op count. Both >= 0."""
     from .profiler import ProfileSpec, build_step
-    spec = ProfileSpec("convmixer_256_8", 4, 32, precision, "off")
-    step, _ = build_step(spec, device, config=OVERHEAD_PROBE)
-    measured = back_to_back_seconds(step, device, reps)
-    predicted = predict_step(OVERHEAD_PROBE, spec.batch, precision, gpu, eff, spec.image_size)["step_s"]
-    return max(0.0, measured - predicted)
+    spec = ProfileSpec("convmixer_256_8", 2, 32, precision, "off")
+    points = []
+    for depth in (2, 6):
+        cfg = replace(OVERHEAD_PROBE, depth=depth)
+        step, _ = build_step(spec, device, config=cfg)
+        left = back_to_back_seconds(step, device, reps) - predict_step(cfg, spec.batch, precision, gpu, eff,
+                                                                       spec.image_size)["step_s"]
+        points.append((num_ops(convmixer_ops(cfg, spec.image_size, spec.num_classes)), max(0.0, left)))
+    (n1, l1), (n2, l2) = points
+    per_op = max(0.0, (l2 - l1) / (n2 - n1))
+    return max(0.0, l1 - per_op * n1), per_op
 
 
 def op_calibration(cases: list[OpCase], device: torch.device, gpu: Device, reps: int = 3) -> dict:
-    """Measure, fit, and measure the per-step overhead: the op-level part of a calibration file."""
+    """Measure, fit, and measure the fixed overheads: the op-level part of a calibration file."""
     if not cases:
         raise ValueError("op calibration: no cases")
     precisions = {c.precision for c in cases}
     rows = measure_ops(cases, device, gpu, reps)
     ops = fit(rows)
-    eff = Efficiency(ops=ops, source="op-level calibration")
-    overhead = step_overhead(eff, device, gpu, sorted(precisions)[0])
-    return {"op_efficiency": ops, "step_overhead_s": overhead, "op_measurements": rows,
-            "op_cases": [asdict(c) for c in cases]}
+    per_step, per_op = overheads(Efficiency(ops=ops, source="op-level calibration"), device, gpu,
+                                 sorted(precisions)[0])
+    return {"op_efficiency": ops, "step_overhead_s": per_step, "overhead_per_op_s": per_op,
+            "op_measurements": rows, "op_cases": [asdict(c) for c in cases]}
 
 
 def quick_cases(device: torch.device, precision: str) -> list[OpCase]:
