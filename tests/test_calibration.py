@@ -74,7 +74,14 @@ def test_end_to_end_calibration_leave_one_out(tmp_path, one_thread):
         assert not within(r["uncalibrated_s"], r["measured_s"]), r
     saved = json.loads((tmp_path / "calibration.json").read_text())
     assert saved["held_out_error"] == pytest.approx(max(abs(r["error"]) for r in held_out))
+    assert saved["environment"]["torch"] == torch.__version__ and saved["catalog_entry"] == "cpu"
+    assert (tmp_path / "predicted_vs_measured.png").stat().st_size > 0
+    assert "| configuration |" in (tmp_path / "predicted_vs_measured.md").read_text()
     eff = Efficiency.load(tmp_path / "calibration.json")
+    assert eff.values == result["efficiency"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a fastmix calibration"):
+        Efficiency.load(tmp_path / "bad.json")
     p = predict_step("convmixer_256_8", 8, "fp32", load_catalog()["cpu"], eff, 32)
     assert p["range_s"][0] < p["step_s"] < p["range_s"][1] and "held-out" in p["range_source"]
 
