@@ -87,6 +87,8 @@ def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str |
                "error": pred / m["median_s"] - 1, "uncalibrated_s": default,
                "uncalibrated_error": default / m["median_s"] - 1, "achieved_tflops": m["achieved_tflops"],
                "mfu": m["mfu"], "images_per_s": m["images_per_s"]}
+        if "max_memory_allocated_gb" in m:  # CUDA: the memory model's check
+            row["memory_gb"] = {"measured": m["max_memory_allocated_gb"], "predicted": m["memory_predicted_gb"]}
         if e2e is not None:
             row["end_to_end_calibration_error"] = predict_step(*args, e2e, **kw)["step_s"] / m["median_s"] - 1
         rows.append(row)
@@ -122,6 +124,10 @@ def table(rows: list[dict], result: dict) -> str:
         lines.append(f"| {r['label']}{mark} | {r['measured_s']:.3f} | {r['spread_s'][0]:.3f}-{r['spread_s'][1]:.3f} | "
                      f"{r['predicted_s']:.3f} | {100 * r['error']:+.1f} % | {100 * r['uncalibrated_error']:+.0f} % |{e2e} "
                      f"{r['achieved_tflops']:.3f} | {100 * r['mfu']:.1f} % |")
+    if all("memory_gb" in r for r in rows):
+        lines += ["", "| configuration | max_memory_allocated (GB) | predicted, model only (GB) | error |", "|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['memory_gb']['measured']:.2f} | {r['memory_gb']['predicted']:.2f} | "
+                  f"{100 * (r['memory_gb']['predicted'] / r['memory_gb']['measured'] - 1):+.1f} % |" for r in rows]
     worst = result.get("held_out_error")
     if worst is not None:
         lines += ["", f"Worst held-out error: {100 * worst:.1f} %."]

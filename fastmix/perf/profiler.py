@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fastmix.devices.catalog import Device, load_catalog, lookup
 from fastmix.devices.telemetry import Telemetry, device_info
 from fastmix.model.convmixer import VARIANTS, create_model
-from fastmix.model.flops import convmixer_ops, totals
+from fastmix.model.flops import convmixer_ops, totals, training_memory_bytes
 from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
@@ -174,15 +174,24 @@ def device_entry(device: torch.device, catalog: str | None = None) -> tuple[Devi
 def measure(spec: ProfileSpec, device: torch.device, gpu: Device, steps: int = 20, warmup: int = 5,
             breakdown: bool = True) -> dict:
     step, chosen = build_step(spec, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with Telemetry(device.index or 0) as tel:
         times, warmup_s = time_steps(step, device, steps, warmup)
+    memory = {}
+    if device.type == "cuda":  # the model's own peak (no context, workspaces or loader) vs the allocator's
+        ops = convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes)
+        act_bytes = 2 if chosen["precision"] in ("fp16", "bf16") else 4
+        memory = {"max_memory_allocated_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+                  "memory_predicted_gb": training_memory_bytes(ops, spec.batch, act_bytes)["total"] / 1e9}
     median = statistics.median(times)
     flops = spec.batch * totals(convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes)).train_model_flops
     out = {"spec": asdict(spec), "label": spec.label, **chosen, "steps": steps, "warmup_s": warmup_s,
            "times_s": times, "median_s": median, "p10_s": _quantile(times, 0.1), "p90_s": _quantile(times, 0.9),
            "images_per_s": spec.batch / median, "model_flops_per_step": flops,
            "achieved_tflops": flops / median / 1e12,
-           "mfu": flops / median / (gpu.peak_tflops(chosen["precision"]) * 1e12), "telemetry": tel.summary()}
+           "mfu": flops / median / (gpu.peak_tflops(chosen["precision"]) * 1e12), "telemetry": tel.summary(),
+           **memory}
     if breakdown:
         out["breakdown_s"] = op_breakdown(step, device)
     del step
