@@ -20,16 +20,25 @@ from fastmix.perf.profiler import ProfileSpec, build_step, calibrate
 
 # Measured on the shared 2-core machine at load average 6-10 (3 other engineers' jobs): the
 # op-level calibration's held-out predictions were 0.95x-2.0x the measured step (2-22 % off in
-# a calmer run), the end-to-end one's within 0.6x-1.7x; the uncalibrated defaults predict
-# 0.10x-0.19x (the catalog's CPU figures are far above what these ops reach). A factor of 2.5
-# either way keeps the tests green under that load and still fails a calibration that returns
-# the defaults. On a quiet machine see bench/calibration.py (goal: 15 %).
+# a calmer run), the end-to-end one's within 0.6x-1.7x. A factor of 2.5 either way keeps the
+# tests green under that load. The uncalibrated defaults predict 0.1x-0.45x (0.44x at load 3.6,
+# 0.14x at load 8: load stretches the measurement, not the defaults), so the factor alone cannot
+# tell a calibration from the defaults; each held-out prediction must also be much closer than
+# the defaults' (`closer`), which a calibration returning the defaults fails by construction.
+# On a quiet machine see bench/calibration.py (goal: 15 %).
 FACTOR = 2.5
 TINY = ConvMixerConfig(192, 4, kernel=7, patch=2, act="relu")   # not a registered variant
 
 
 def within(predicted: float, measured: float) -> bool:
     return abs(math.log(predicted / measured)) < math.log(FACTOR)
+
+
+def closer(predicted: float, default: float, measured: float) -> bool:
+    """The calibrated prediction's error (log scale) is at most half the uncalibrated one's.
+    Half, not merely less: a fit that ignores its timings (every efficiency 0.5) came out 55 %
+    low against the defaults' 65 % and must fail too."""
+    return abs(math.log(predicted / measured)) < abs(math.log(default / measured)) / 2
 CPU = torch.device("cpu")
 
 
@@ -54,12 +63,12 @@ def test_op_level_calibration_predicts_held_out_steps(one_thread):
     assert {"depthwise:k7:nchw", "pointwise:nchw", "activation:relu:nchw", "optimizer"} <= set(cal["op_efficiency"])
     eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"],
                      overhead_per_op_s=cal["overhead_per_op_s"], source="op-level")
-    for batch, size in [(4, 32), (8, 40)]:
+    for batch, size in [(4, 32), (12, 48)]:  # the second: ops, not fixed costs, dominate
         measured = measured_step(batch, size)
         predicted = predict_step(TINY, batch, "fp32", cpu, eff, size)["step_s"]
         default = predict_step(TINY, batch, "fp32", cpu, Efficiency(), size)["step_s"]
         assert within(predicted, measured), (batch, size, predicted, measured)
-        assert not within(default, measured)  # so a calibration returning the defaults fails
+        assert closer(predicted, default, measured), (batch, size, predicted, default, measured)
 
 
 def test_end_to_end_calibration_leave_one_out(tmp_path, one_thread):
@@ -71,7 +80,7 @@ def test_end_to_end_calibration_leave_one_out(tmp_path, one_thread):
     assert len(held_out) == 2
     for r in held_out:
         assert within(r["predicted_s"], r["measured_s"]), r
-        assert not within(r["uncalibrated_s"], r["measured_s"]), r
+        assert closer(r["predicted_s"], r["uncalibrated_s"], r["measured_s"]), r
     saved = json.loads((tmp_path / "calibration.json").read_text())
     assert saved["held_out_error"] == pytest.approx(max(abs(r["error"]) for r in held_out))
     assert saved["environment"]["torch"] == torch.__version__ and saved["catalog_entry"] == "cpu"
