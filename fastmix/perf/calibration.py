@@ -141,7 +141,7 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     top = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1.15
     ax.plot([0, top], [0, top], "k--", lw=0.8, label="exact")
-    ax.fill_between([0, top], [0, top * 0.75], [0, top * 1.25], color="0.9", label="±25 %")
+    ax.fill_between([0, top], [0, top * 0.85], [0, top * 1.15], color="0.9", label="±15 % (the goal)")
     for r in rows:
         ax.plot(r["measured_s"], r["predicted_s"], "s" if r["calibration"] else "o", ms=8)
         ax.annotate(r["label"], (r["measured_s"], r["predicted_s"]), fontsize=7, xytext=(4, -10),
