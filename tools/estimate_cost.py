@@ -7,14 +7,18 @@ Examples:
   tools/estimate_cost.py --calibration runs/calib-t4/calibration.json --gpu t4
   tools/estimate_cost.py --reproduce-report                  # the report's Table 2, then the corrected one
   tools/estimate_cost.py --memory                            # training memory and the largest micro-batch
+  tools/estimate_cost.py --plan --model convmixer_768_32 --epochs 100 --progressive 128:160:192:224 --cores 4
 
 Conventions: a multiply-add is 2 FLOPs; model FLOPs count every conv (depthwise included) and
-the classifier, forward + backward. Without --calibration the efficiencies are stated defaults.
+the classifier, forward + backward. Efficiencies: --calibration FILE, else the calibration
+packaged for that GPU (fastmix/perf/calibrations/<key>.json), else stated defaults; every
+prediction prints a range (low-high) and says where it comes from.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,10 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.devices.catalog import load_catalog  # noqa: E402
 from fastmix.perf.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_GMACS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
-                          largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
+                               largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
+from fastmix.perf import plan  # noqa: E402
+from fastmix.perf.memory import RECIPE_EXTRAS  # noqa: E402
 
 MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
 GPUS = ["t4", "l4", "a100-40gb", "h100"]
+LOADER_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "loaders-cpu2.json"
 
 
 def parse_args(argv=None):
@@ -43,13 +50,42 @@ def parse_args(argv=None):
     p.add_argument("--reproduce-report", action="store_true",
                    help="the reference report's Table 2 under its own convention, next to the corrected one")
     p.add_argument("--memory", action="store_true", help="training memory per micro-batch and what fits")
-    return p.parse_args(argv)
+    p.add_argument("--plan", action="store_true",
+                   help="per catalog GPU: micro-batch, accumulation, hours and $ with ranges, CPU loader check")
+    p.add_argument("--progressive", help="train sizes in order, e.g. 128:160:192:224 (equal blocks of epochs)")
+    p.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores for the loader (default: this machine's)")
+    p.add_argument("--loader-results", default=str(LOADER_RESULTS), help="bench.loaders JSON with per-core rates")
+    p.add_argument("--ema", action="store_true", help="count an EMA copy of the weights (--plan)")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or (args.cores is not None and args.cores < 1):
+        p.error("--epochs, --batch and --cores must be positive")
+    return args
 
 
-def precision_for(gpu, asked: str) -> str:
-    if asked != "auto":
-        return asked
-    return "bf16" if gpu.bf16_tensor else ("fp16" if gpu.fp16_tensor else "fp32")
+precision_for = plan.precision_for
+
+
+def sizes_of(args) -> list[int]:
+    if not args.progressive:
+        return [args.image_size]
+    try:
+        sizes = [int(s) for s in args.progressive.split(":")]
+    except ValueError:
+        raise ValueError(f"--progressive {args.progressive!r}: expected sizes like 128:160:192:224") from None
+    if any(s < 32 for s in sizes):
+        raise ValueError(f"--progressive {args.progressive!r}: sizes must be >= 32 px")
+    return sizes
+
+
+def run_plan(args, catalog, eff) -> str:
+    rates = plan.load_loader_rates(args.loader_results)
+    gpus = [catalog[k] for k in (args.gpu or [k for k in catalog if k != "cpu"])]
+    out = []
+    for model in args.model or MODELS:
+        rows = plan.plan_run(model, args.epochs, sizes_of(args), gpus, batch=args.batch, precision=args.precision,
+                             train_images=args.images, eff=eff, cores=args.cores, loader_rates=rates, ema=args.ema)
+        out.append(json.dumps(rows, indent=2) if args.json else f"## {model}\n\n" + plan.markdown(rows))
+    return "\n\n".join(out)
 
 
 def cost_rows(args, catalog, eff) -> list[dict]:
@@ -58,20 +94,23 @@ def cost_rows(args, catalog, eff) -> list[dict]:
         for key in args.gpu or GPUS:
             gpu = catalog[key]
             prec = precision_for(gpu, args.precision)
-            micro = largest_micro_batch(model, gpu, prec, args.batch, args.image_size)
+            extras = {**RECIPE_EXTRAS, "ema": args.ema}
+            micro = largest_micro_batch(model, gpu, prec, args.batch, args.image_size, **extras)
             rows.append(predict_run(model, gpu, prec, args.batch, micro, args.images, args.epochs, args.image_size,
-                                    eff=eff))
+                                    eff=eff, memory_extras=extras))
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| model | GPU | precision | micro-batch | memory (GB) | img/s | MFU | h/epoch | hours | $ |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | GPU | precision | micro-batch | memory (GB) | img/s | MFU | hours (range) | $ (range) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        (lo, hi), (dlo, dhi) = r["hours_range"], r["dollars_range"]
         out.append(f"| {r['model']} | {r['gpu']} | {r['precision']} | {r['micro_batch']} | {r['memory_gb']:.1f} | "
-                   f"{r['images_per_s']:.0f} | {100 * r['mfu']:.0f} % | {r['epoch_s'] / 3600:.2f} | {r['hours']:.1f} | "
-                   f"{r['dollars']:.0f} |")
-    return "\n".join(out)
+                   f"{r['images_per_s']:.0f} | {100 * r['mfu']:.0f} % | {r['hours']:.1f} ({lo:.1f}-{hi:.1f}) | "
+                   f"{r['dollars']:.0f} ({dlo:.0f}-{dhi:.0f}) |")
+    sources = sorted({f"efficiencies: {r['efficiency_source']}; range: {r['range_source']}" for r in rows})
+    return "\n".join(out + [""] + sources)
 
 
 def report(args, catalog, eff) -> str:
@@ -83,41 +122,46 @@ def report(args, catalog, eff) -> str:
     for r in reproduce_report():
         lines.append(f"| {r['model']} | {r['flops']:.2g} | " + " | ".join(f"{r[g + '_hours']:.0f}" for g in REPORT_TFLOPS)
                      + " |")
-    lines += ["", f"## Corrected (multiply-add = 2 FLOPs, depthwise included, forward + backward; roofline per op, "
-              f"efficiencies: {eff.source})", ""]
+    lines += ["", "## Corrected (multiply-add = 2 FLOPs, depthwise included, forward + backward; roofline per op, "
+              f"efficiencies: {eff.source if eff else 'per GPU: packaged calibration, else defaults'})", ""]
     # the report's own runs (ImageNet-1k, 100 epochs) on its GPUs, with the corrected model
     same_runs = argparse.Namespace(**{**vars(args), "images": REPORT_IMAGES, "epochs": REPORT_EPOCHS,
                                       "gpu": args.gpu or ["t4", "v100", "a100-40gb"],
                                       "model": args.model or list(REPORT_GMACS)})
     rows = cost_rows(same_runs, catalog, eff)
-    lines.append("| model | GPU | training FLOPs | FLOPs per epoch | hours | $ |")
+    lines.append("| model | GPU | training FLOPs | FLOPs per epoch | hours (range) | $ (range) |")
     lines.append("|---|---|---|---|---|---|")
     for r in rows:
-        lines.append(f"| {r['model']} | {r['gpu']} | {r['train_flops']:.2g} | {r['epoch_flops']:.2g} | {r['hours']:.0f} | "
-                     f"{r['dollars']:.0f} |")
+        (lo, hi), (dlo, dhi) = r["hours_range"], r["dollars_range"]
+        lines.append(f"| {r['model']} | {r['gpu']} | {r['train_flops']:.2g} | {r['epoch_flops']:.2g} | "
+                     f"{r['hours']:.0f} ({lo:.0f}-{hi:.0f}) | {r['dollars']:.0f} ({dlo:.0f}-{dhi:.0f}) |")
     return "\n".join(lines)
 
 
 def memory(args, catalog) -> str:
     out = ["| model | precision | micro-batch | training memory (GB) | fits on |", "|---|---|---|---|---|"]
+    note = (f"Device memory: weights, grads, AdamW, saved activations, context, cuDNN workspace, "
+            f"one DALI pool + val, compile workspaces{', EMA' if args.ema else ''} (fastmix/perf/memory.py).")
     for model in args.model or MODELS:
         for prec in ("fp16", "fp32"):
             for micro in (16, 32, 64):
-                gb = training_memory_gb(model, micro, prec, args.image_size)
-                fits = [k for k in args.gpu or GPUS if gb <= catalog[k].memory_gb - 1.5]
+                gb = training_memory_gb(model, micro, prec, args.image_size, **RECIPE_EXTRAS, ema=args.ema)
+                fits = [k for k in args.gpu or GPUS if gb <= catalog[k].memory_gb]
                 out.append(f"| {model} | {prec} | {micro} | {gb:.1f} | {', '.join(fits) or '-'} |")
-    return "\n".join(out)
+    return "\n".join(out + ["", note])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         catalog = load_catalog(args.catalog)
-        eff = Efficiency.load(args.calibration) if args.calibration else Efficiency()
+        eff = Efficiency.load(args.calibration) if args.calibration else None  # None: per GPU, packaged or defaults
         unknown = [g for g in args.gpu or [] if g not in catalog]
         if unknown:
             raise KeyError(f"unknown GPU {unknown}; catalog keys: {sorted(catalog)}")
-        if args.reproduce_report:
+        if args.plan:
+            print(run_plan(args, catalog, eff))
+        elif args.reproduce_report:
             print(report(args, catalog, eff))
         elif args.memory:
             print(memory(args, catalog))

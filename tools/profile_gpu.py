@@ -10,6 +10,13 @@ Default (GPU): calibrate on 768/32 at batch 64 bf16 (fp16 where there is no bf16
 1536/20, 1024/20-p14 and 768/32 at batches 32 and 128.
   tools/profile_gpu.py --out runs/calib-h100
   tools/profile_gpu.py --config convmixer_768_32:32:fp16 --config convmixer_1536_20:16:fp16 --out runs/calib-t4
+
+--quick: the op-level calibration (fastmix.perf.opbench; ~90 s on a GPU): every distinct op of
+the three ImageNet variants at 224 px, batches 16 and 64, both memory layouts, at the run's
+precision, timed in isolation (forward + backward, CUDA events); efficiencies fitted per op key
+(kind + shape features); then each variant's whole step at batch 32, both layouts, measured
+and predicted (held out). Copy OUT/calibration.json to fastmix/perf/calibrations/<catalog
+key>.json to ship it: predictions for that GPU then use it.
 """
 from __future__ import annotations
 
@@ -46,9 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml")
     p.add_argument("--out", default="runs/calibration")
+    p.add_argument("--quick", action="store_true", help="op-level calibration (~90 s on a GPU), see above")
     args = p.parse_args(argv)
     from fastmix.perf.calibration import run_calibration
     from fastmix.model.convmixer import VARIANTS
+    if args.quick:
+        return quick(args)
     try:
         specs = [parse_spec(c, args.precision, args.channels_last, args.compile) for c in args.config or DEFAULT]
         unknown = [s.model for s in specs if s.model not in VARIANTS]
@@ -57,6 +67,26 @@ def main(argv=None) -> int:
         if not 0 <= args.calibrate_on < len(specs):
             raise ValueError(f"--calibrate-on {args.calibrate_on}: there are {len(specs)} configurations")
         run_calibration(specs, args.out, args.calibrate_on, args.steps, args.warmup, args.device, args.catalog)
+    except (ValueError, KeyError, RuntimeError) as e:
+        print(f"profile_gpu: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "predicted_vs_measured.md").read_text())
+    return 0
+
+
+def quick(args) -> int:
+    from fastmix.perf.calibration import run_op_calibration
+    from fastmix.perf.opbench import quick_cases
+    from fastmix.train.speed import resolve_device, resolve_precision
+    try:
+        dev = resolve_device(args.device)
+        precision = resolve_precision(args.precision, dev)
+        held_out = [ProfileSpec(m, 32 if dev.type == "cuda" else 2, 224 if dev.type == "cuda" else 64, precision, cl,
+                                compile=args.compile)
+                    for m in ("convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14")
+                    for cl in ("off", "on")]
+        run_op_calibration(quick_cases(dev, precision), held_out, args.out, steps=min(args.steps, 10),
+                           warmup=args.warmup, device=args.device, catalog=args.catalog, cross_check=not args.compile)
     except (ValueError, KeyError, RuntimeError) as e:
         print(f"profile_gpu: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,13 @@ Conventions (stated in every output that uses them):
   gradient: 1x. So training model FLOPs are just under 3x forward.
 - Bytes are the fewest each op must move through device memory (read inputs and weights
   once, write outputs once), per image for activations and per batch for weights.
+- Saved tensors are what autograd really keeps (checked against saved_tensors_hooks, deduplicated
+  by storage, in tests/test_memory.py): a conv keeps its input; GELU keeps its input (the conv's
+  output) but ReLU keeps its output, which the next BatchNorm keeps anyway (one storage); BN
+  keeps its input and per-channel fp32 mean/invstd; the residual add and the mean keep nothing;
+  the head keeps the fp32 pooled features; the loss keeps its log-probabilities (fp32) and the
+  int64 targets. Under 16-bit autocast activations are 16-bit (the image too: the stem keeps
+  autocast's copy) and each conv weight's 16-bit copy is kept once per step.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from .convmixer import VARIANTS, ConvMixerConfig
 
 MODEL_KINDS = ("stem", "depthwise", "pointwise", "head")          # conv / matmul: model FLOPs
-ELEMENTWISE_KINDS = ("batchnorm", "activation", "residual", "pool")
+ELEMENTWISE_KINDS = ("batchnorm", "activation", "residual", "pool", "loss")
 # Elementwise FLOPs per element (forward): BN normalize+affine with batch statistics,
 # tanh-GELU vs ReLU, one add. Rough by nature; they never bound the time (bytes do).
 ELEMENTWISE_FLOPS = {"batchnorm": 6, "gelu": 10, "relu": 1, "residual": 1, "pool": 1}
@@ -33,7 +40,10 @@ class Op:
     bwd_flops: float        # per image
     act_io: tuple           # (forward, backward) activation elements moved per image
     params: int
-    saved: float            # activation elements kept for backward, per image
+    saved: float            # activation elements kept for backward, per image, at the run's precision
+    saved_fp32: float = 0   # elements kept in fp32 whatever the precision, per image
+    stats: float = 0        # fp32 elements kept per step, not per image (BN's mean and invstd)
+    weight_copy: int = 0    # weight elements 16-bit autocast casts (and keeps) once per step
 
     @property
     def is_model(self) -> bool:
@@ -53,31 +63,39 @@ def convmixer_ops(cfg: ConvMixerConfig | str, resolution: int = 224, num_classes
     act_flops = ELEMENTWISE_FLOPS[cfg.act]
     e = n * h  # elements of one feature map
 
-    def conv(name, kind, macs, params, in_elems, out_elems, grad_input=True):
+    relu = cfg.act == "relu"
+
+    def conv(name, kind, macs, weight, in_elems, out_elems, grad_input=True):
         fwd = 2 * macs
         return Op(name, kind, fwd, fwd * (2 if grad_input else 1),
                   (in_elems + out_elems, 2 * out_elems + in_elems + (in_elems if grad_input else 0)),
-                  params, saved=in_elems)
+                  weight + h, saved=in_elems, weight_copy=weight)
 
-    def elementwise(name, kind, flops_per, saved):
+    def elementwise(name, kind, flops_per, saved=0):
+        bn = kind == "batchnorm"
         return Op(name, kind, flops_per * e, flops_per * e, tuple(x * e for x in ELEMENTWISE_IO[kind]),
-                  2 * h if kind == "batchnorm" else 0, saved=saved)
+                  2 * h if bn else 0, saved=saved, stats=2 * h if bn else 0)
 
-    ops = [conv("stem.conv", "stem", n * h * 3 * p * p, h * 3 * p * p + h, 3 * resolution ** 2, e, grad_input=False),
-           elementwise("stem.act", "activation", act_flops, e),
-           elementwise("stem.bn", "batchnorm", ELEMENTWISE_FLOPS["batchnorm"], e)]
+    # ReLU keeps its output and BN its input: the same tensor, counted once (at the activation)
+    act_saved, bn_saved = (e, 0) if relu else (e, e)
+
+    def act_bn(prefix, suffix=""):
+        return [elementwise(f"{prefix}.act{suffix}", "activation", act_flops, act_saved),
+                elementwise(f"{prefix}.bn{suffix}", "batchnorm", ELEMENTWISE_FLOPS["batchnorm"], bn_saved)]
+
+    ops = [conv("stem.conv", "stem", n * h * 3 * p * p, h * 3 * p * p, 3 * resolution ** 2, e, grad_input=False),
+           *act_bn("stem")]
     for i in range(cfg.depth):
         b = f"blocks.{i}"
-        ops += [conv(f"{b}.depthwise", "depthwise", e * k * k, h * k * k + h, e, e),
-                elementwise(f"{b}.act1", "activation", act_flops, e),
-                elementwise(f"{b}.bn1", "batchnorm", ELEMENTWISE_FLOPS["batchnorm"], e),
-                elementwise(f"{b}.residual", "residual", 1, 0),
-                conv(f"{b}.pointwise", "pointwise", e * h, h * h + h, e, e),
-                elementwise(f"{b}.act2", "activation", act_flops, e),
-                elementwise(f"{b}.bn2", "batchnorm", ELEMENTWISE_FLOPS["batchnorm"], e)]
-    ops += [elementwise("pool", "pool", 1, 0),
+        ops += [conv(f"{b}.depthwise", "depthwise", e * k * k, h * k * k, e, e), *act_bn(b, "1"),
+                elementwise(f"{b}.residual", "residual", 1),
+                conv(f"{b}.pointwise", "pointwise", e * h, h * h, e, e), *act_bn(b, "2")]
+    ops += [elementwise("pool", "pool", 1),
             Op("head", "head", 2 * h * num_classes, 4 * h * num_classes, (h + num_classes, 2 * num_classes + 2 * h),
-               h * num_classes + num_classes, saved=h)]
+               h * num_classes + num_classes, saved=0, saved_fp32=h),  # fp32 head: no autocast copy
+            # cross-entropy: fp32 log-probabilities + int64 targets (2 fp32 elements), a scalar weight sum
+            Op("loss", "loss", 3 * num_classes, 2 * num_classes, (num_classes, 2 * num_classes), 0, saved=0,
+               saved_fp32=num_classes + 2, stats=1)]
     return ops
 
 
@@ -87,10 +105,17 @@ class Totals:
     fwd_model_flops: float      # per image
     train_model_flops: float    # per image, forward + backward
     train_elementwise_flops: float
-    saved_elements: float       # per image
+    saved_elements: float       # per image, at the run's precision
+    saved_fp32_elements: float  # per image, always fp32
+    stats_elements: float       # per step, fp32
+    weight_copy_elements: int   # per step, 16-bit under autocast
 
     def activation_bytes(self, batch: int, bytes_per_element: int) -> float:
-        return self.saved_elements * batch * bytes_per_element
+        """Bytes autograd keeps for backward for `batch` images (2-byte elements = 16-bit autocast):
+        activations, fp32 statistics and, under autocast, the 16-bit weight copies."""
+        copies = self.weight_copy_elements * bytes_per_element if bytes_per_element < 4 else 0
+        return (batch * (self.saved_elements * bytes_per_element + self.saved_fp32_elements * 4)
+                + self.stats_elements * 4 + copies)
 
 
 def totals(ops: list[Op]) -> Totals:
@@ -100,16 +125,28 @@ def totals(ops: list[Op]) -> Totals:
                   fwd_model_flops=sum(o.fwd_flops for o in model),
                   train_model_flops=sum(o.fwd_flops + o.bwd_flops for o in model),
                   train_elementwise_flops=sum(o.fwd_flops + o.bwd_flops for o in other),
-                  saved_elements=sum(o.saved for o in ops))
+                  saved_elements=sum(o.saved for o in ops),
+                  saved_fp32_elements=sum(o.saved_fp32 for o in ops),
+                  stats_elements=sum(o.stats for o in ops),
+                  weight_copy_elements=sum(o.weight_copy for o in ops))
+
+
+WORKING_MAPS = 3  # feature maps alive besides the saved ones at the peak (a layer's output / its grads)
 
 
 def training_memory_bytes(ops: list[Op], batch: int, act_bytes: int) -> dict:
-    """Peak training memory, roughly: fp32 weights + grads + AdamW's two moments (16 B/param),
-    a low-precision weight copy under autocast, and the activations kept for backward."""
+    """The model's own peak training memory (what torch.cuda.max_memory_allocated sees): fp32
+    weights + grads + AdamW's two moments (16 B/param, all counted at the peak: conservative),
+    the tensors autograd keeps (with autocast's weight copies), and WORKING_MAPS feature maps
+    in flight. Device-level extras (CUDA context, cuDNN workspace, loader pools, EMA) are
+    fastmix.perf.memory's."""
     t = totals(ops)
-    weights = t.params * (16 + (act_bytes if act_bytes < 4 else 0))
+    weights = t.params * 16
     activations = t.activation_bytes(batch, act_bytes)
-    return {"weights_and_optimizer": weights, "activations": activations, "total": weights + activations}
+    feature_map = max((o.saved for o in ops if o.kind in ("depthwise", "pointwise")), default=0)
+    working = WORKING_MAPS * batch * feature_map * act_bytes
+    return {"weights_and_optimizer": weights, "activations": activations, "working": working,
+            "total": weights + activations + working}
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

@@ -10,17 +10,19 @@ into per-class efficiencies for fastmix.perf.cost; `run_calibration` then predic
 from __future__ import annotations
 
 import platform
+import re
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from fastmix.devices.catalog import Device
+from fastmix.devices.catalog import Device, load_catalog, lookup
 from fastmix.devices.telemetry import Telemetry, device_info
 from fastmix.model.convmixer import VARIANTS, create_model
-from fastmix.model.flops import convmixer_ops, totals
+from fastmix.model.flops import convmixer_ops, totals, training_memory_bytes
 from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
@@ -43,10 +45,11 @@ class ProfileSpec:
         return f"{self.model} b{self.batch} {self.image_size}px {self.precision}"
 
 
-def build_step(spec: ProfileSpec, device: torch.device):
-    """A closure running one real training step on fixed random data, and what it chose."""
+def build_step(spec: ProfileSpec, device: torch.device, config=None):
+    """A closure running one real training step on fixed random data, and what it chose;
+    `config` (a ConvMixerConfig) replaces the variant's shape."""
     precision = speed.resolve_precision(spec.precision, device)
-    model = create_model(spec.model, num_classes=spec.num_classes).to(device)
+    model = create_model(spec.model, num_classes=spec.num_classes, **(config.__dict__ if config else {})).to(device)
     channels_last, timings = speed.choose_channels_last(model, spec.channels_last, device, precision,
                                                         spec.batch, spec.image_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -143,18 +146,52 @@ def ceilings(device: torch.device, precision: str) -> dict:
             "copy_gbs": 2 * size / cp / 1e9, "copy_bytes": size}
 
 
+def device_entry(device: torch.device, catalog: str | None = None) -> tuple[Device, bool]:
+    """The catalog entry of `device`, and whether its peaks are known. A GPU missing from the
+    catalog is not an error: its ceilings (a large matmul per precision, a large copy) are
+    measured and stand in for the peaks, so figures against them read "peak unknown"."""
+    cat = load_catalog(catalog)
+    if device.type != "cuda":
+        return cat["cpu"], True
+    name = torch.cuda.get_device_name(device)
+    try:
+        return lookup(cat, name), True
+    except KeyError:
+        pass
+    warnings.warn(f"{name} is not in the device catalog: measuring its ceilings instead of its peaks "
+                  f"(add it with --catalog FILE for MFU against a datasheet peak)", stacklevel=2)
+    fp32 = ceilings(device, "fp32")
+    fp16 = ceilings(device, "fp16")["matmul_tflops"]
+    bf16 = ceilings(device, "bf16")["matmul_tflops"] if torch.cuda.is_bf16_supported(including_emulation=False) \
+        else None
+    props = torch.cuda.get_device_properties(device)
+    key = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return Device(key=key, name=name, fp32=fp32["matmul_tflops"], fp16_tensor=fp16, bf16_tensor=bf16,
+                  bandwidth_gbs=fp32["copy_gbs"], memory_gb=props.total_memory / 1e9, price_per_hour=float("nan"),
+                  source="peak unknown: measured ceilings (matmul per precision, copy) on this device"), False
+
+
 def measure(spec: ProfileSpec, device: torch.device, gpu: Device, steps: int = 20, warmup: int = 5,
             breakdown: bool = True) -> dict:
     step, chosen = build_step(spec, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with Telemetry(device.index or 0) as tel:
         times, warmup_s = time_steps(step, device, steps, warmup)
+    memory = {}
+    if device.type == "cuda":  # the model's own peak (no context, workspaces or loader) vs the allocator's
+        ops = convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes)
+        act_bytes = 2 if chosen["precision"] in ("fp16", "bf16") else 4
+        memory = {"max_memory_allocated_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+                  "memory_predicted_gb": training_memory_bytes(ops, spec.batch, act_bytes)["total"] / 1e9}
     median = statistics.median(times)
     flops = spec.batch * totals(convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes)).train_model_flops
     out = {"spec": asdict(spec), "label": spec.label, **chosen, "steps": steps, "warmup_s": warmup_s,
            "times_s": times, "median_s": median, "p10_s": _quantile(times, 0.1), "p90_s": _quantile(times, 0.9),
            "images_per_s": spec.batch / median, "model_flops_per_step": flops,
            "achieved_tflops": flops / median / 1e12,
-           "mfu": flops / median / (gpu.peak_tflops(chosen["precision"]) * 1e12), "telemetry": tel.summary()}
+           "mfu": flops / median / (gpu.peak_tflops(chosen["precision"]) * 1e12), "telemetry": tel.summary(),
+           **memory}
     if breakdown:
         out["breakdown_s"] = op_breakdown(step, device)
     del step
@@ -174,8 +211,12 @@ def calibrate(m: dict, gpu: Device) -> Efficiency:
     is taken out by scaling the profiled classes to the measured step; the time no class
     explains becomes a per-op launch overhead."""
     spec = ProfileSpec(**m["spec"])
+    if not m.get("breakdown_s") or sum(m["breakdown_s"].get(c, 0.0) for c in CLASSES) <= 0:
+        raise RuntimeError(f"{spec.label}: the profiler attributed no time to any op class (with compile=True the "
+                           "kernels are not aten:: ops); calibrate without compile, or with the op-level "
+                           "benchmark (tools/profile_gpu.py --quick)")
     predicted = predict_step(spec.model, spec.batch, m["precision"], gpu, Efficiency(), spec.image_size,
-                             spec.num_classes)["by_class_s"]
+                             spec.num_classes, m.get("channels_last", False))["by_class_s"]
     profiled = {c: m["breakdown_s"][c] for c in CLASSES}
     total = sum(m["breakdown_s"].values())
     scale = min(1.0, m["median_s"] / total) if total > 0 else 1.0
