@@ -65,12 +65,18 @@ class ConvMixer(nn.Module):
             return self.head(x.mean(dim=(2, 3), dtype=torch.float32))
 
 
+def variant(model: str | ConvMixerConfig) -> ConvMixerConfig:
+    """A registered variant's config by name (a config passes through)."""
+    if isinstance(model, ConvMixerConfig):
+        return model
+    if model not in VARIANTS:
+        raise ValueError(f"unknown ConvMixer variant {model!r}; registered: {sorted(VARIANTS)}")
+    return VARIANTS[model]
+
+
 def create_model(name: str, num_classes: int = 100, **overrides) -> ConvMixer:
     """A registered variant (see VARIANTS); `overrides` change its fields (e.g. kernel=5)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown ConvMixer variant {name!r}; registered: {sorted(VARIANTS)}")
-    cfg = {**VARIANTS[name].__dict__, **overrides}
-    return ConvMixer(num_classes=num_classes, **cfg)
+    return ConvMixer(num_classes=num_classes, **{**variant(name).__dict__, **overrides})
 
 
 def num_params(model: nn.Module) -> int:

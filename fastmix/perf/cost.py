@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastmix.devices.catalog import Device
-from fastmix.model.convmixer import VARIANTS, ConvMixerConfig
+from fastmix.model.convmixer import ConvMixerConfig, variant
 from fastmix.model.flops import Op, convmixer_ops, totals
 
 from .memory import BYTES, device_training_memory, largest_micro_batch  # noqa: F401  (re-exported)
@@ -113,14 +113,6 @@ def default_spread() -> tuple[dict, str]:
                     f"(fastmix/perf/calibrations/), at least x/÷{MIN_SPREAD}")
 
 
-def resolve(model: str | ConvMixerConfig) -> ConvMixerConfig:
-    if isinstance(model, ConvMixerConfig):
-        return model
-    if model not in VARIANTS:
-        raise ValueError(f"unknown ConvMixer variant {model!r}; registered: {sorted(VARIANTS)}")
-    return VARIANTS[model]
-
-
 def op_key(op: Op, cfg: ConvMixerConfig, channels_last: bool = False) -> str:
     """The op's kind and the shape features its speed depends on."""
     layout = "cl" if channels_last else "nchw"
@@ -185,7 +177,7 @@ def predict_step(model: str | ConvMixerConfig, batch: int, precision: str, devic
     """One training step (forward, backward, AdamW) of `batch` images: seconds, split by op
     class, with a (low, high) range and where its efficiencies come from."""
     eff = eff or packaged_calibration(device) or Efficiency()
-    cfg = resolve(model)
+    cfg = variant(model)
     ops = convmixer_ops(cfg, image_size, num_classes)
     t = totals(ops)
     by_class = dict.fromkeys(CLASSES, 0.0)
@@ -235,7 +227,7 @@ def predict_run(model: str, gpu: Device, precision: str, batch: int = 64, micro_
     epoch_s = step["step_s"] * steps_per_epoch
     hours = epoch_s * epochs / 3600
     hours_range = tuple(s * steps_per_epoch * epochs / 3600 for s in step["range_s"])
-    t = totals(convmixer_ops(resolve(model), image_size, num_classes))
+    t = totals(convmixer_ops(variant(model), image_size, num_classes))
     return {"model": model, "gpu": gpu.key, "precision": precision, "batch": batch, "micro_batch": micro,
             "image_size": image_size, "train_images": train_images, "epochs": epochs,
             "step_s": step["step_s"], "images_per_s": step["images_per_s"], "mfu": step["mfu"],

@@ -19,7 +19,7 @@ The rest are stated estimates, each a named constant below, not measurements:
 from __future__ import annotations
 
 from fastmix.devices.catalog import Device
-from fastmix.model.convmixer import VARIANTS, ConvMixerConfig
+from fastmix.model.convmixer import ConvMixerConfig, variant
 from fastmix.model.flops import convmixer_ops, training_memory_bytes
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -34,14 +34,6 @@ DALI_SCRATCH_GB = 0.15         # nvJPEG / resize scratch per pipeline
 RECIPE_EXTRAS = {"loader": "dali", "compile": True}  # what the GPU recipes (t4, a100, h100) run with
 
 
-def _config(model: str | ConvMixerConfig) -> ConvMixerConfig:
-    if isinstance(model, ConvMixerConfig):
-        return model
-    if model not in VARIANTS:
-        raise ValueError(f"unknown ConvMixer variant {model!r}; registered: {sorted(VARIANTS)}")
-    return VARIANTS[model]
-
-
 def dali_pool_bytes(batch: int, image_size: int, stored_side: int = DALI_STORED_SIDE) -> float:
     """One DALI pipeline's device pool: decoded images (<= stored side, RGB uint8) and uint8
     outputs for each prefetch stage, plus scratch."""
@@ -54,7 +46,7 @@ def device_training_memory(model: str | ConvMixerConfig, micro_batch: int, preci
                            resolutions: list[int] | None = None, val_batch: int | None = None) -> dict:
     """Bytes by component at the peak of a training step at `image_size`; `resolutions` are all
     the train sizes the run visits (DALI keeps a pipeline for each)."""
-    cfg = _config(model)
+    cfg = variant(model)
     own = training_memory_bytes(convmixer_ops(cfg, image_size, num_classes), micro_batch, BYTES[precision])
     params = own["weights_and_optimizer"] / 16
     parts = {"weights_grads_adamw": own["weights_and_optimizer"], "saved_activations": own["activations"],

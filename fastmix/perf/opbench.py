@@ -26,13 +26,13 @@ from torch import nn
 from tqdm import tqdm
 
 from fastmix.devices.catalog import Device
-from fastmix.model.convmixer import ACTIVATIONS, ConvMixerConfig, create_model
+from fastmix.model.convmixer import ACTIVATIONS, ConvMixerConfig, create_model, variant
 from fastmix.model.flops import Op, convmixer_ops, tokens
 from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
 
-from .cost import Efficiency, ideal_times, num_ops, op_key, optimizer_ideal, predict_step, resolve
+from .cost import Efficiency, ideal_times, num_ops, op_key, optimizer_ideal, predict_step
 
 # A small ConvMixer that no test or benchmark predicts: its full step measures the per-step overhead.
 OVERHEAD_PROBE = ConvMixerConfig(64, 2, kernel=5, patch=4, act="gelu")
@@ -154,7 +154,7 @@ def back_to_back_seconds(fn, device: torch.device, reps: int, rounds: int = 3, w
 
 
 def optimizer_runner(model_name: str | ConvMixerConfig, device: torch.device, num_classes: int):
-    cfg = resolve(model_name)
+    cfg = variant(model_name)
     model = create_model("convmixer_256_8", num_classes=num_classes, **cfg.__dict__).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
@@ -178,9 +178,9 @@ def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: in
     harness's own cost (at most half of the raw time), with its ideal time."""
     rows, optimizers = [], {}
     harness = harness_seconds(device, reps)
-    work = [(c, op) for c in cases for op in distinct_ops(resolve(c.model), c.image_size, c.num_classes)]
+    work = [(c, op) for c in cases for op in distinct_ops(variant(c.model), c.image_size, c.num_classes)]
     for case, op in tqdm(work, desc="op benchmark", disable=None):
-        cfg = resolve(case.model)
+        cfg = variant(case.model)
         raw = back_to_back_seconds(op_runner(op, cfg, case, device), device, reps)
         ideal = sum(ideal_times(op, case.batch, case.precision, gpu))
         rows.append({"key": op_key(op, cfg, case.channels_last), "op": op.name, **asdict(case),
