@@ -51,7 +51,8 @@ def load_loader_rates(path: str | Path) -> dict[str, dict[int, float]]:
         raise ValueError(f"{path}: not a bench.loaders result ({e})") from None
     rates: dict[str, dict[int, float]] = {}
     for r in rows:
-        if r["backend"] in NOT_CPU_LOADERS or not r.get("cpu_cores_used"):
+        # a `variant_of` row is a "before" kept for comparison (bench.loaders), not a loader to plan with
+        if r["backend"] in NOT_CPU_LOADERS or r.get("variant_of") or not r.get("cpu_cores_used"):
             continue
         rates.setdefault(r["backend"], {})[int(r["image_size"])] = r["images_per_s"] / r["cpu_cores_used"]
     return rates
