@@ -170,4 +170,5 @@ class CifarSource(Source):
                 name = self._names[label]
                 if name in keep:
                     out.append(CifarItem(name, where, f"{where}_{k:05d}", 0, ROW, row.tobytes()))
-        return out
+        # val in class order, as for every other source (stable: file order within a class)
+        return sorted(out, key=lambda i: i.wnid) if split == "val" else out

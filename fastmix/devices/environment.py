@@ -39,7 +39,7 @@ def cpu_name() -> str:
 def describe(device) -> dict:
     """Device (name, capability, memory), CUDA/cuDNN/driver, package versions, CPU, NVML status."""
     import torch
-    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
+    env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
            "packages": {**{p: package_version(p) for p in PACKAGES}, "nvidia-dali": dali_version()}}
     if device.type == "cuda":

@@ -9,7 +9,6 @@ into per-class efficiencies for fastmix.perf.cost; `run_calibration` then predic
 """
 from __future__ import annotations
 
-import platform
 import re
 import statistics
 import time
@@ -20,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from fastmix.devices.catalog import Device, load_catalog, lookup
-from fastmix.devices.telemetry import Telemetry, device_info
+from fastmix.devices.ceilings import ceilings
+from fastmix.devices.environment import describe as environment  # noqa: F401  (calibration files)
+from fastmix.devices.telemetry import Telemetry
 from fastmix.model.convmixer import VARIANTS, create_model
 from fastmix.model.flops import convmixer_ops, totals, training_memory_bytes
 from fastmix.train import speed
@@ -132,20 +133,6 @@ def op_breakdown(step, device: torch.device, steps: int = 2) -> dict:
     return out
 
 
-def ceilings(device: torch.device, precision: str) -> dict:
-    """The device's own ceilings: a large matmul (TFLOP/s) and a large copy (GB/s, read+write)."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    n, size = (8192, 2**30) if device.type == "cuda" else (1024, 2**27)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    src = torch.empty(size // 4, device=device, dtype=torch.float32).fill_(1)
-    dst = torch.empty_like(src)
-
-    mm = speed.median_seconds(lambda: a @ b, device, reps=10, warmup=1)
-    cp = speed.median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1)
-    return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
-            "copy_gbs": 2 * size / cp / 1e9, "copy_bytes": size}
-
-
 def device_entry(device: torch.device, catalog: str | None = None) -> tuple[Device, bool]:
     """The catalog entry of `device`, and whether its peaks are known. A GPU missing from the
     catalog is not an error: its ceilings (a large matmul per precision, a large copy) are
@@ -228,25 +215,3 @@ def calibrate(m: dict, gpu: Device) -> Efficiency:
     unexplained = max(0.0, m["median_s"] - scale * sum(profiled.values()))
     ops = num_ops(convmixer_ops(VARIANTS[spec.model], spec.image_size, spec.num_classes))
     return Efficiency(values=values, overhead_per_op_s=unexplained / ops, source=f"calibrated on {spec.label}")
-
-
-def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-           "cpu": _cpu_name(), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env.update(device=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
-                   capability=".".join(map(str, torch.cuda.get_device_capability(device))))
-    else:
-        env["device"] = "cpu"
-    env["nvml"] = device_info(device.index or 0) if device.type == "cuda" else device_info()
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
