@@ -78,3 +78,18 @@ def test_the_record_check_catches_empty_and_fake_numbers():
                       "d": {"status": "error", "traceback": ""},
                       "e": {"status": "ok", "result": {}}}}
     assert len(headline_problems(bad)) == 5
+
+
+def test_images_convert_without_ffcv_on_a_bare_gpu_machine(tmp_path, monkeypatch):
+    """A bare GPU machine has no ffcv: the suite converts to shards only, instead of failing every
+    phase that needs the converted photos."""
+    from types import SimpleNamespace
+
+    from bench.gpu import runs
+    real = runs._importable
+    monkeypatch.setattr(runs, "_importable", lambda m: False if m == "ffcv" else real(m))
+    ctx = SimpleNamespace(data=None, images=None, smoke=True, work=tmp_path, repeat=2)
+    data = runs.prepare_data(ctx)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["shards"] and not manifest["splits"]["train"]["beton"]
+    assert not list(data.glob("ffcv/*.beton"))

@@ -30,7 +30,7 @@ PHASES = [
     Phase("memory", steps.memory, 25, 1, "predicted training memory vs max_memory_allocated, 2 micro-batches"),
     Phase("cost", steps.cost, 10, 3, "calibrate on one cell, predict the others, write calibration.json"),
     Phase("loaders", runs.loaders, 50, 15, "nvJPEG (torchvision, DALI mixed) and CPU loaders vs training rates"),
-    Phase("t4_fit", runs.t4_fit, 120, 12, "the t4 recipe in a 16 GB cap: fits or OOM, peak reserved, img/s"),
+    Phase("t4_fit", runs.t4_fit, 120, 12, "the t4 recipe with torch capped at a T4's 15 GB: fits or OOM, peak reserved, img/s"),
     Phase("end_to_end", runs.end_to_end, 70, 12, ">= 100 updates of 768/32 via tools/train.py, NVML, loader wait"),
     Phase("compiled", steps.compiled, 60, 15, "torch.compile of each variant's faster eager cell"),
 ]

@@ -68,7 +68,7 @@ def summary_markdown(record: dict) -> str:
             ("first epoch s", "first_epoch_s"), ("can it feed (cores needed)", "feeds"), ("error", "error")]), ""]
         lines += [f"Skipped: {b}: {why}" for b, why in res["skipped_backends"].items()] + [""]
     if ph.get("t4_fit", {}).get("status") == "ok":
-        lines += ["## T4 fit (16 GB cap, fp16 + GradScaler, the t4 recipe)", "", *table(ph["t4_fit"]["result"]["rows"], [
+        lines += ["## T4 fit (torch capped at 15 GB, a T4 less its context; fp16 + GradScaler, the t4 recipe)", "", *table(ph["t4_fit"]["result"]["rows"], [
             ("model", "model"), ("fits", "fits"), ("micro-batch", "micro_batch"), ("accum", "accum_steps"),
             ("peak reserved GB", "peak_reserved_gb"), ("img/s (this GPU)", "images_per_s"), ("error", "error")]), ""]
     if ph.get("end_to_end", {}).get("status") == "ok":

@@ -22,6 +22,9 @@ from fastmix.devices.telemetry import Telemetry
 from .steps import fastest_eager
 
 ROOT = Path(__file__).resolve().parents[2]
+# A T4 shows 15,109 MiB (15.8 GB); its CUDA context takes ~0.4 GB outside torch's allocator. The cap
+# binds torch's allocator only: DALI's pools and nvJPEG's buffers come on top (the report says so).
+T4_USABLE_GB = 15.0
 
 
 def prepare_data(ctx) -> Path:
@@ -46,9 +49,12 @@ def prepare_data(ctx) -> Path:
                     link.symlink_to(p.resolve())
     else:
         from fastmix.data.synth import write_imagefolder
-        write_imagefolder(src, 4, {"train": 16, "val": 4}, seed=0, sizes=[(160, 120), (120, 160)])
+        # enough for ~10 updates an epoch at batch 64 on a GPU (100 updates must not mean 100 epochs)
+        per_class = {"train": 16, "val": 4} if ctx.smoke else {"train": 160, "val": 10}
+        write_imagefolder(src, 4, per_class, seed=0, sizes=[(160, 120), (120, 160)])
     cmd = [sys.executable, str(ROOT / "tools" / "convert_subset.py"), "--source", str(src), "--out", str(out),
-           "--all-classes", "--overwrite", "--workers", str(os.cpu_count() or 1)]
+           "--all-classes", "--overwrite", "--workers", str(os.cpu_count() or 1),
+           "--formats", "wds,ffcv" if _importable("ffcv") else "wds"]  # a bare GPU machine has no ffcv
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"tools/convert_subset.py failed ({run.returncode}): {run.stderr[-2000:]}")
@@ -116,7 +122,8 @@ def train_run(ctx, name: str, args: list[str], memory_gb: float | None = None, t
     if summary.is_file():
         s = json.loads(summary.read_text())
         result.update(updates=s["updates"], median_update_s=s["median_update_s"], compile_s=s.get("compile_s"),
-                      micro_batch=s["config"]["micro_batch"], accum_steps=s["accum_steps"],
+                      micro_batch=s["micro_batch"], micro_batch_retries=s.get("micro_batch_retries", []),
+                      accum_steps=s["accum_steps"],
                       channels_last=s["channels_last"], backend=s["config"]["backend"])
         if s["median_update_s"]:
             result["images_per_s"] = s["config"]["batch_size"] / s["median_update_s"]
@@ -141,22 +148,24 @@ def smoke_sets(ctx) -> list[str]:
 
 
 def t4_fit(ctx) -> dict:
-    """The t4 recipe (fp16 + GradScaler, its micro-batches, loader, EMA and compile) in 16 GB."""
+    """The t4 recipe (fp16 + GradScaler, its micro-batches, loader, EMA and compile) in a T4's memory."""
     data = prepare_data(ctx)
     backend = "dali" if _importable("nvidia.dali") else "nvjpeg"
     rows = []
     for model in ctx.t4_variants:
         args = ["--recipe", "t4", "--model", model, "--data", str(data), "--backend", backend, "--epochs", "1",
                 "--set", f"max_steps_per_epoch={ctx.fit_updates}", *smoke_sets(ctx)]
-        r = train_run(ctx, f"t4-{model}", args, memory_gb=None if ctx.smoke else 16.0)
-        r.update(model=model, fits=r["returncode"] == 0 and not r.get("oom"))
+        r = train_run(ctx, f"t4-{model}", args, memory_gb=None if ctx.smoke else T4_USABLE_GB)
+        # fits as the recipe has it: an out-of-memory retry at half the micro-batch is not a fit
+        r.update(model=model, fits=r["returncode"] == 0 and not r.get("oom") and not r.get("micro_batch_retries"))
         rows.append(r)
     head = {f"{r['model']} img/s": r["images_per_s"] for r in rows if r.get("images_per_s")}
     if not head:
         head = {"runs": len(rows)}
     note = "" if backend == "dali" else "DALI is not installed: the t4 recipe's dali loader was replaced by nvjpeg"
-    return {"headline": head, "rows": rows, "loader_note": note,
-            "claim": "only the fit is claimed; img/s here is this GPU's, not a T4's"}
+    return {"headline": head, "rows": rows, "loader_note": note, "memory_cap_gb": T4_USABLE_GB,
+            "claim": "only the fit is claimed (torch's allocator capped; DALI/nvJPEG memory is outside the cap); "
+                     "img/s here is this GPU's, not a T4's"}
 
 
 def end_to_end(ctx) -> dict:

@@ -160,6 +160,8 @@ class Trainer:
     def train_loader(self, size: int):
         """One loader per resolution (progressive resizing visits a few), kept for reuse."""
         if size not in self._train_loaders:
+            if self.cfg.backend == "resident":  # each holds the whole split on the device at its size: keep one
+                self._train_loaders.clear()
             cfg = self.cfg
             self._train_loaders[size] = self._loader(
                 "train", size, last_batch="drop", scale=cfg.crop_scale, hflip=cfg.hflip,
@@ -167,7 +169,8 @@ class Trainer:
         return self._train_loaders[size]
 
     def describe(self) -> dict:
-        loader = self.train_loader(image_size_at(self.cfg, 0))
+        # any train loader says what it applies (the sizes differ only in size); build one only if none is
+        loader = next(iter(self._train_loaders.values()), None) or self.train_loader(image_size_at(self.cfg, 0))
         wanted = {"rand-augment": bool(self.cfg.rand_augment)}
         missing = [k for k, on in wanted.items() if on and k not in loader.augmentations]
         return {"config": self.cfg.to_dict(), "device": str(self.device), "precision": self.precision,
@@ -262,7 +265,7 @@ class Trainer:
                 window += 1
                 logged = self.updates % cfg.log_every == 0
                 if i == 0 or logged or i == self.updates_per_epoch - 1:  # the only host syncs
-                    stats = self._read(epoch, size, window, time.perf_counter() - window_start, waited, bar, logged)
+                    stats = self._read(epoch, size, window, window_start, waited, bar, logged)
                     window, waited, window_start = 0, 0.0, time.perf_counter()
         finally:
             close = getattr(batches, "close", None)  # an abandoned epoch frees its loader's threads
@@ -281,10 +284,12 @@ class Trainer:
                 "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
                 "scaler_skipped": int(stats["scaler_skipped"])}
 
-    def _read(self, epoch: int, size: int, window: int, seconds: float, waited: float, bar, logged: bool) -> dict:
+    def _read(self, epoch: int, size: int, window: int, window_start: float, waited: float, bar,
+              logged: bool) -> dict:
         """Read the device's statistics (waits for it), time the window of updates since the last
         read, stop on a non-finite streak, and write a log line where one is due."""
         stats = self.stats.read()
+        seconds = time.perf_counter() - window_start  # after the read: the device's queued work counts
         if stats["max_in_row"] >= self.cfg.max_nonfinite:
             raise NonFiniteLoss(
                 f"the training loss was non-finite for {int(stats['max_in_row'])} updates in a row "
