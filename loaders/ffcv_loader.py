@@ -41,20 +41,21 @@ class FFCVLoader(BaseLoader):
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
         cfg, device = self.cfg, self.cfg.torch_device
         size = (cfg.image_size, cfg.image_size)
-        if self.fast_decode:
-            from .ffcv_decode import ScaledCenterCropDecoder as CenterCropRGBImageDecoder
-            from .ffcv_decode import ScaledRandomResizedCropDecoder
-        if cfg.is_train and self.fast_decode:  # the flip is fused into the decoder, in place
-            image = [ScaledRandomResizedCropDecoder(size, scale=cfg.scale, ratio=cfg.ratio,
-                                                    flip_prob=0.5 if cfg.hflip else 0.0)]
-            order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
-        elif cfg.is_train:
-            image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio)]
-            image += [RandomHorizontalFlip()] if cfg.hflip else []
-            order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
-        else:
-            image = [CenterCropRGBImageDecoder(size, ratio=cfg.crop_ratio)]
+        if not cfg.is_train:
+            center = CenterCropRGBImageDecoder
+            if self.fast_decode:
+                from .ffcv_decode import ScaledCenterCropDecoder as center
+            image = [center(size, ratio=cfg.crop_ratio)]
             order = OrderOption.SEQUENTIAL
+        else:
+            if self.fast_decode:  # the flip is fused into the decoder, in place
+                from .ffcv_decode import ScaledRandomResizedCropDecoder
+                image = [ScaledRandomResizedCropDecoder(size, scale=cfg.scale, ratio=cfg.ratio,
+                                                        flip_prob=0.5 if cfg.hflip else 0.0)]
+            else:
+                image = [RandomResizedCropRGBImageDecoder(size, scale=cfg.scale, ratio=cfg.ratio)]
+                image += [RandomHorizontalFlip()] if cfg.hflip else []
+            order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}[cfg.order]
         # A fresh list of fresh operations per Loader: ffcv binds state to them.
         image += [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
         label = [IntDecoder(), ToTensor(), Squeeze(-1), ToDevice(device, non_blocking=True)]
