@@ -131,7 +131,7 @@ def storage_table(files: list[Path], configs: list[str], quality: int, train_siz
     from ffcv.fields.rgb_image import get_random_crop
     from ffcv.libffcv import imdecode, resize_crop
 
-    from loaders.ffcv_decode import dct_denominator, scaled_span
+    from loaders.geometry import dct_denominator, scaled_span
     cv2.setNumThreads(1)
     sources = [np.asarray(open_rgb(f.read_bytes(), 1 << 20)[0]) for f in files]  # full size, RGB
     rows = []

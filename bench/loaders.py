@@ -35,6 +35,7 @@ from bench.decode import decode_rate_per_core
 from loaders import make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BETON_READERS = ("ffcv", "opencv")  # backends that read the .beton's stored bytes
 
 
 def cpu_seconds() -> float:
@@ -85,9 +86,9 @@ def run_epoch(loader) -> int:
 
 
 def ffcv_side(backend: str) -> int | None:
-    """`ffcv@320` -> 320: ffcv reading a .beton stored at that max side (a storage choice)."""
+    """`ffcv@320` / `opencv@320` -> 320: a .beton stored at that max side (a storage choice)."""
     name = backend.partition(":")[0]
-    return int(name.split("@", 1)[1]) if name.startswith("ffcv") and "@" in name else None
+    return int(name.split("@", 1)[1]) if name.startswith(BETON_READERS) and "@" in name else None
 
 
 def side_variant(data: str, side: int) -> str:
@@ -286,10 +287,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/demo", help="a converted folder")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic",
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,opencv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic",
                    help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
                         "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py); "
-                        "and ffcv@SIDE: ffcv on the same photos stored at max side SIDE (converted once)")
+                        "and ffcv@SIDE / opencv@SIDE: on the same photos stored at max side SIDE (converted once)")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
@@ -328,7 +329,7 @@ def main(argv=None) -> int:
                 except (ImportError, FileNotFoundError) as e:
                     print(f"skip {backend}: {e}")
                     continue
-            fmt = f"ffcv@{ffcv_side(backend)}" if ffcv_side(backend) else "ffcv" if backend.startswith("ffcv") else "wds"
+            fmt = f"ffcv@{ffcv_side(backend)}" if ffcv_side(backend) else "ffcv" if backend.startswith(BETON_READERS) else "wds"
             row["decode_limit_images_per_s"] = round(limits[fmt], 1)
             if backend != variant_of(backend):  # a before-measurement, not a loader to pick (bench.feed skips it)
                 row["variant_of"] = variant_of(backend)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "dali-cpu", "nvjpeg")
+CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "opencv", "dali-cpu", "nvjpeg")
 STAGES = ("read", "decode", "crop/resize", "flip", "collate", "convert+normalize", "hand-off+other")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -96,16 +96,55 @@ def pil_stages(data: str, size: int, batch: int, repeats: int, from_shards: bool
 
 def ffcv_jpegs(data: str):
     """(bytes views into the .beton as ffcv's page-cache reader sees them, heights, widths)."""
-    from ffcv.reader import Reader
+    from fastmix.data.beton import StoredImages
     path = Path(data) / "ffcv" / "train.beton"
-    reader = Reader(str(path))
-    meta = reader.metadata["f0"]
-    if (meta["mode"] != 0).any():
+    store = StoredImages(path)
+    if not store.is_jpeg.all():
         raise ValueError(f"{path}: stages assume JPEG-stored images (write_mode jpg)")
-    sizes = {int(p): int(s) for p, s in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
-    mm = np.memmap(path, np.uint8, mode="r")
-    views = [(int(m["data_ptr"]), sizes[int(m["data_ptr"])]) for m in meta]
-    return mm, views, meta["height"].astype(int), meta["width"].astype(int)
+    return store, [store.encoded(i) for i in range(len(store))], store.heights, store.widths
+
+
+def psnr_vs_pil(jpegs, boxes, outputs: np.ndarray) -> float:
+    """Median PSNR (dB) of a backend's train outputs (N x S x S x 3, unflipped) against what
+    torchvision's RandomResizedCrop makes of the same stored bytes and the same crop boxes
+    (PIL decode, crop, bilinear with antialias): how far its faster path is from the same
+    augmentation."""
+    from PIL import Image
+    size, db = outputs.shape[1], []
+    for b, (x1, y1, x2, y2), out in zip(jpegs, boxes, outputs):
+        ref = Image.open(io.BytesIO(bytes(b))).convert("RGB").resize((size, size), Image.BILINEAR, box=(x1, y1, x2, y2))
+        mse = np.mean((np.asarray(ref, np.float64) - out) ** 2)
+        db.append(10 * np.log10(255 ** 2 / max(mse, 1e-10)))
+    return float(np.median(db))
+
+
+def opencv_stages(data: str, size: int, batch: int, repeats: int) -> dict:
+    """opencv: the backend's own decode (DCT-scaled) and resize_into, one image at a time."""
+    import cv2
+
+    from loaders.geometry import dct_denominator, resized_crop_boxes, scaled_span
+    from loaders.opencv_loader import decode_flags, resize_into
+    store, views, heights, widths = ffcv_jpegs(data)
+    n, flags = len(views), decode_flags(cv2)
+    boxes = resized_crop_boxes(heights, widths, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0)).tolist()
+    dens = [dct_denominator(y2 - y1, x2 - x1, size, size) for x1, y1, x2, y2 in boxes]
+    out = {"read": best_us(lambda: [store.encoded(i) for i in range(n)], n, repeats)}
+    out["decode"] = best_us(lambda: [cv2.imdecode(v, flags[d]) for v, d in zip(views, dens)], n, repeats)
+    crops = []
+    for v, d, (x1, y1, x2, y2) in zip(views, dens, boxes):
+        image = cv2.imdecode(v, flags[d])
+        r0, r1 = scaled_span(y1, y2 - y1, d, image.shape[0])
+        c0, c1 = scaled_span(x1, x2 - x1, d, image.shape[1])
+        crops.append(image[r0:r1, c0:c1])
+    dst = np.empty((n, size, size, 3), np.uint8)
+    out["crop/resize"] = best_us(lambda: [resize_into(c, dst[k]) for k, c in enumerate(crops)], n, repeats)
+    resized = dst.copy()
+    # The flip is written by the resize (cv2.flip into the batch slot): its cost is that pass, on half the images.
+    out["flip"] = best_us(lambda: [cv2.flip(resized[k], 1, dst=dst[k]) for k in range(0, n, 2)], n, repeats)
+    out["collate"] = 0.0  # written straight into the batch
+    batches = [torch.from_numpy(resized[k:k + batch]).permute(0, 3, 1, 2) for k in range(0, n, batch)]
+    out["convert+normalize"] = _normalize_us(batches, size, repeats)
+    return out, psnr_vs_pil(views, boxes, resized)
 
 
 def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> dict:
@@ -113,26 +152,26 @@ def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> d
     from ffcv.fields.rgb_image import get_random_crop
     from ffcv.libffcv import imdecode, resize_crop
 
-    from loaders.ffcv_decode import dct_denominator, scaled_span
-    mm, views, heights, widths = ffcv_jpegs(data)
+    from loaders.geometry import dct_denominator, scaled_span
+    store, views, heights, widths = ffcv_jpegs(data)
     n = len(views)
     np.random.seed(0)
     crops = [get_random_crop(h, w, np.array((0.08, 1.0)), np.array((3 / 4, 4 / 3))) for h, w in zip(heights, widths)]
     dens = [dct_denominator(c[2], c[3], size, size) if fast else 1 for c in crops]
-    out = {"read": best_us(lambda: [mm[p:p + s] for p, s in views], n, repeats)}  # ffcv: zero-copy slices
+    out = {"read": best_us(lambda: [store.encoded(i) for i in range(n)], n, repeats)}  # ffcv: zero-copy slices
     bufs = [np.empty((-(-h // d), -(-w // d), 3), np.uint8) for h, w, d in zip(heights, widths, dens)]
 
     def decode():
-        for (p, s), h, w, d, b in zip(views, heights, widths, dens, bufs):
-            imdecode(mm[p:p + s], b, h, w, h, w, 0, 0, 1, d, False, False)
+        for v, h, w, d, b in zip(views, heights, widths, dens, bufs):
+            imdecode(v, b, h, w, h, w, 0, 0, 1, d, False, False)
     out["decode"] = best_us(decode, n, repeats)
     if not fast:  # the rejected alternative: TurboJPEG's lossless crop (tjTransform), then decode
         roi = np.empty(int(max(heights) * max(widths) * 3), np.uint8)
 
         def decode_roi():
-            for (p, s), h, w, (i, j, ch, cw) in zip(views, heights, widths, crops):
+            for v, h, w, (i, j, ch, cw) in zip(views, heights, widths, crops):
                 y0, x0 = i // 16 * 16, j // 16 * 16  # MCU-aligned (16 px covers 4:2:0)
-                imdecode(mm[p:p + s], roi, h, w, i + ch - y0, j + cw - x0, x0, y0, 1, 1, True, False)
+                imdecode(v, roi, h, w, i + ch - y0, j + cw - x0, x0, y0, 1, 1, True, False)
         out["decode_roi_tjtransform_for_reference"] = best_us(decode_roi, n, repeats)
     decode()
     dst = np.empty((n, size, size, 3), np.uint8)
@@ -143,6 +182,7 @@ def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> d
             c0, c1 = scaled_span(j, w, d, b.shape[1])
             resize_crop(b, r0, r1, c0, c1, dst[k])
     out["crop/resize"] = best_us(crop_resize, n, repeats)
+    db = psnr_vs_pil(views, [(j, i, j + w, i + h) for i, j, h, w in crops], dst.copy())
     from ffcv.pipeline.compiler import Compiler
     from ffcv.transforms import RandomHorizontalFlip
 
@@ -161,7 +201,7 @@ def ffcv_stages(data: str, size: int, batch: int, repeats: int, fast: bool) -> d
     out["collate"] = 0.0  # ffcv decodes straight into the batch buffer
     batches = [torch.from_numpy(dst[k:k + batch]).permute(0, 3, 1, 2) for k in range(0, n, batch)]  # ToTorchImage
     out["convert+normalize"] = _normalize_us(batches, size, repeats)
-    return out
+    return out, db
 
 
 def nvjpeg_stages(data: str, size: int, batch: int, repeats: int) -> dict:
@@ -170,7 +210,7 @@ def nvjpeg_stages(data: str, size: int, batch: int, repeats: int) -> dict:
     from torchvision.transforms.v2 import functional as F
 
     from loaders.common import LoaderConfig
-    from loaders.nvjpeg import random_resized_crop_box
+    from loaders.geometry import resized_crop_boxes
     from loaders.shardindex import ShardIndex
     index = ShardIndex(LoaderConfig(data=data))
     n = len(index)
@@ -180,7 +220,8 @@ def nvjpeg_stages(data: str, size: int, batch: int, repeats: int) -> dict:
     out["decode"] = best_us(lambda: [decode_jpeg(b, mode=ImageReadMode.RGB) for b in blobs], n, repeats)
     images = [decode_jpeg(b, mode=ImageReadMode.RGB) for b in blobs]
     rng = np.random.default_rng(0)
-    boxes = [random_resized_crop_box(im.shape[1], im.shape[2], (0.08, 1.0), (3 / 4, 4 / 3), rng) for im in images]
+    xyxy = resized_crop_boxes([im.shape[1] for im in images], [im.shape[2] for im in images], (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    boxes = [(y1, x1, y2 - y1, x2 - x1) for x1, y1, x2, y2 in xyxy.tolist()]  # top, left, height, width
     out["crop/resize"] = best_us(lambda: [F.resized_crop(im, *b, [size, size], antialias=True)
                                           for im, b in zip(images, boxes)], n, repeats)
     crops = [F.resized_crop(im, *b, [size, size], antialias=True) for im, b in zip(images, boxes)]
@@ -238,9 +279,10 @@ def measure_stages(backend: str, data: str, size: int, batch: int = 64, repeats:
     """One backend's stage costs (us/image) at `size`, in this process, on one core."""
     one_core()
     name, _, flag = backend.partition(":")
-    if name.startswith("ffcv@"):  # the same photos stored at a lower max side (bench.loaders)
+    if "@" in name:  # ffcv / opencv on the same photos stored at a lower max side (bench.loaders)
         from bench.loaders import side_variant
-        data, name = side_variant(data, int(name.split("@")[1])), "ffcv"
+        name, side = name.split("@")
+        data = side_variant(data, int(side))
     if flag == "mmap":  # as bench.loaders: normalized batches on fresh mmap'd pages
         from loaders import cpu_alloc
         cpu_alloc._done = True
@@ -248,13 +290,17 @@ def measure_stages(backend: str, data: str, size: int, batch: int = 64, repeats:
         us = pil_stages(data, size, batch, repeats, name == "pil-wds", imagefolder)
     elif name in ("ffcv", "ffcv-fulldecode"):
         us = ffcv_stages(data, size, batch, repeats, fast=name == "ffcv")
+    elif name == "opencv":
+        us = opencv_stages(data, size, batch, repeats)
     elif name == "dali-cpu":
         us = dali_stages(data, size, batch, repeats)
     elif name == "nvjpeg":
         us = nvjpeg_stages(data, size, batch, repeats)
     else:
         raise ValueError(f"no stage breakdown for {backend!r} (CPU backends: {', '.join(CPU_BACKENDS)})")
-    return {"backend": backend, "image_size": size, "us_per_image": {k: round(v, 1) for k, v in us.items()}}
+    us, db = us if isinstance(us, tuple) else (us, None)  # ffcv, opencv: also their distance from PIL
+    row = {"backend": backend, "image_size": size, "us_per_image": {k: round(v, 1) for k, v in us.items()}}
+    return row | ({"psnr_vs_pil_db": round(db, 1)} if db is not None else {})
 
 
 def with_loader_rows(stage_rows: list[dict], loader_rows: list[dict]) -> None:
@@ -271,13 +317,14 @@ def with_loader_rows(stage_rows: list[dict], loader_rows: list[dict]) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| backend | size | " + " | ".join(STAGES) + " | loader CPU µs/img | decode-only limit µs/img |"
-    lines = [head, "|---|---:|" + "---:|" * (len(STAGES) + 2)]
+    head = ("| backend | size | " + " | ".join(STAGES) + " | loader CPU µs/img | decode-only limit µs/img | "
+            "PSNR vs PIL dB |")
+    lines = [head, "|---|---:|" + "---:|" * (len(STAGES) + 3)]
     for r in rows:
         us = r["us_per_image"]
         cells = " | ".join(f"{us[k]:.0f}" if k in us else "–" for k in STAGES)
         lines.append(f"| {r['backend']} | {r['image_size']} | {cells} | {r.get('loader_cpu_us_per_image', '–')} | "
-                     f"{r.get('decode_limit_us_per_image', '–')} |")
+                     f"{r.get('decode_limit_us_per_image', '–')} | {r.get('psnr_vs_pil_db', '–')} |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ def converted(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("backend", ["pil", "pil-wds", "ffcv", "dali", "nvjpeg", "synthetic"])
+@pytest.mark.parametrize("backend", ["pil", "pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "synthetic"])
 def test_epoch(benchmark, converted, backend):
     loader = make_loader(backend, converted / "out", "train", batch_size=32, image_size=224,
                          imagefolder=str(converted / "src"))

@@ -4,15 +4,15 @@
                                       image_size=224, device="cuda", dtype="float16"):
         ...
 
-Backends: pil (ImageFolder tree), pil-wds (the shards), ffcv, dali, nvjpeg, resident (the split
-decoded once into device memory), synthetic.
+Backends: pil (ImageFolder tree), pil-wds (the shards), ffcv, opencv (the .beton decoded by
+OpenCV on threads), dali, nvjpeg, resident (the split decoded once into device memory), synthetic.
 See loaders/common.py for the options every backend shares.
 """
 from __future__ import annotations
 
 from .common import LoaderConfig
 
-BACKENDS = ("pil", "pil-wds", "ffcv", "dali", "nvjpeg", "resident", "synthetic")
+BACKENDS = ("pil", "pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "resident", "synthetic")
 
 
 def make_loader(backend: str, data: str, split: str = "train", batch_size: int = 64,
@@ -25,6 +25,9 @@ def make_loader(backend: str, data: str, split: str = "train", batch_size: int =
     if backend == "ffcv":
         from .ffcv_loader import FFCVLoader
         return FFCVLoader(cfg)
+    if backend == "opencv":
+        from .opencv_loader import OpenCVLoader
+        return OpenCVLoader(cfg)
     if backend == "dali":
         from .dali import DALILoader
         return DALILoader(cfg)

@@ -24,23 +24,7 @@ from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder, Rando
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
-SCALES = (8, 4, 2)  # denominators of libjpeg-turbo's SIMD-accelerated DCT scales, smallest image first
-
-
-def dct_denominator(crop_h: int, crop_w: int, out_h: int, out_w: int) -> int:
-    """The largest of 8, 4, 2 (else 1) that leaves the crop at least out_h x out_w after scaling."""
-    for d in SCALES:
-        if crop_h // d >= out_h and crop_w // d >= out_w:
-            return d
-    return 1
-
-
-def scaled_span(start: int, length: int, d: int, limit: int):
-    """Source rows/cols [start, start + length) in an image decoded at 1/d (rounded edges)."""
-    lo = (start + d // 2) // d
-    hi = min(limit, (start + length + d // 2) // d)
-    return lo, max(hi, lo + 1)
-
+from .geometry import dct_denominator, scaled_span
 
 def flip_in_place(image: np.ndarray) -> None:
     """Mirror an HxWx3 uint8 image left-right in place. ffcv's RandomHorizontalFlip copies every

@@ -17,7 +17,6 @@ copy into the padded batch instead of ~6 kernel launches (cast, resize, round, c
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,26 +25,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
 from .common import BaseLoader, LoaderConfig, batch_slices, normalize, rank_indices
+from .geometry import center_crop_boxes, resized_crop_boxes
 from .shardindex import ShardIndex
-
-
-def random_resized_crop_box(h: int, w: int, scale, ratio, rng: np.random.Generator):
-    """torchvision's RandomResizedCrop.get_params, drawing from `rng`: (top, left, height, width)."""
-    area, log_ratio = h * w, (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    in_ratio = w / h  # fallback: the largest center crop within the ratio range
-    if in_ratio < ratio[0]:
-        cw, ch = w, round(w / ratio[0])
-    elif in_ratio > ratio[1]:
-        cw, ch = round(h * ratio[1]), h
-    else:
-        cw, ch = w, h
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
 class NvJPEGLoader(BaseLoader):
@@ -64,21 +45,12 @@ class NvJPEGLoader(BaseLoader):
 
     def _boxes(self, shapes: list[tuple[int, int]], rng: np.random.Generator) -> tuple[list, list]:
         """Each image's crop as (x1, y1, x2, y2) in source pixels, and whether to flip it."""
-        cfg, boxes, flips = self.cfg, [], []
-        for h, w in shapes:
-            if cfg.is_train:
-                top, left, ch, cw = random_resized_crop_box(h, w, cfg.scale, cfg.ratio, rng)
-                boxes.append((left, top, left + cw, top + ch))
-                flips.append(bool(cfg.hflip and rng.random() < 0.5))
-            else:  # torchvision's resize of the shorter side + center crop, as a box in the source
-                short, long = sorted((h, w))
-                rh, rw = (cfg.resize_to, int(cfg.resize_to * long / short)) if h <= w else \
-                    (int(cfg.resize_to * long / short), cfg.resize_to)
-                top, left = round((rh - cfg.image_size) / 2), round((rw - cfg.image_size) / 2)
-                sy, sx = h / rh, w / rw
-                boxes.append((left * sx, top * sy, (left + cfg.image_size) * sx, (top + cfg.image_size) * sy))
-                flips.append(False)
-        return boxes, flips
+        cfg, (h, w) = self.cfg, np.array(shapes).T
+        if not cfg.is_train:  # torchvision's resize of the shorter side + center crop
+            return center_crop_boxes(h, w, cfg.resize_to, cfg.image_size).tolist(), [False] * len(shapes)
+        boxes = resized_crop_boxes(h, w, cfg.scale, cfg.ratio, rng).tolist()
+        flips = (rng.random(len(shapes)) < 0.5) & cfg.hflip
+        return boxes, flips.tolist()
 
     def _crop_resize(self, decoded: list[torch.Tensor], rng: np.random.Generator) -> torch.Tensor:
         """Decoded uint8 CHW images of any sizes -> one float NCHW batch (0..255) of image_size."""

@@ -33,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from .common import BaseLoader, LoaderConfig, batch_slices, normalize, parse_rand_augment, rank_indices
+from .geometry import resized_crop_boxes
 from .shardindex import ShardIndex
 
 RA_GROUP = 16
@@ -60,27 +61,6 @@ def fit(img: torch.Tensor, short: int, side: int) -> torch.Tensor:
     if min(img.shape[-2:]) != short:
         img = TF.resize(img, short, antialias=True)
     return TF.center_crop(img, [side, side])
-
-
-def resized_crop_boxes(n: int, h: int, w: int, scale, ratio, rng: np.random.Generator) -> np.ndarray:
-    """torchvision's RandomResizedCrop.get_params for n images at once: (n, 4) x1, y1, x2, y2."""
-    area = h * w
-    target = area * rng.uniform(*scale, size=(n, 10))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(n, 10)))
-    cw, ch = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
-    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = ok.argmax(axis=1)
-    cw, ch = cw[np.arange(n), first], ch[np.arange(n), first]
-    # No attempt fits: the largest center crop within the ratio range (torchvision's fallback).
-    in_ratio = w / h
-    fw, fh = ((w, round(w / ratio[0])) if in_ratio < ratio[0] else
-              (round(h * ratio[1]), h) if in_ratio > ratio[1] else (w, h))
-    none = ~ok.any(axis=1)
-    cw[none], ch[none] = fw, fh
-    top = np.floor(rng.random(n) * (h - ch + 1))
-    left = np.floor(rng.random(n) * (w - cw + 1))
-    top[none], left[none] = (h - fh) // 2, (w - fw) // 2
-    return np.stack([left, top, left + cw, top + ch], axis=1)
 
 
 def pad_crop(x: torch.Tensor, pad: int, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
@@ -148,7 +128,7 @@ class ResidentLoader(BaseLoader):
                          for _ in range(2))
             x = pad_crop(x, cfg.padding, size, top, left)
         else:
-            boxes = resized_crop_boxes(n, self.side, self.side, cfg.scale, cfg.ratio, rng)
+            boxes = resized_crop_boxes(self.side, self.side, cfg.scale, cfg.ratio, rng, n=n)
             rois = torch.from_numpy(np.concatenate([np.arange(n)[:, None], boxes], axis=1)).float().to(dev)
             # aligned=True: a box of whole pixels the output's size reproduces them exactly.
             x = roi_align(x.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)

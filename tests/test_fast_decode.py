@@ -12,7 +12,8 @@ pytest.importorskip("ffcv")
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder  # noqa: E402
 
 from loaders import make_loader  # noqa: E402
-from loaders.ffcv_decode import _ScaledDecodeMixin, dct_denominator, flip_in_place, scaled_span  # noqa: E402
+from loaders.ffcv_decode import _ScaledDecodeMixin, flip_in_place  # noqa: E402
+from loaders.geometry import dct_denominator, scaled_span  # noqa: E402
 
 # Mean absolute difference per image in normalized units (ImageNet std ~0.225; 0.1 is ~5.7 levels
 # of 255). Measured on the demo photos at 64 px: up to 0.059 (fixed crop, 1/2 scale) and 0.082

@@ -12,7 +12,7 @@ import pytest
 from loaders import make_loader
 
 
-@pytest.mark.parametrize("backend", ["ffcv", "dali", "nvjpeg"])
+@pytest.mark.parametrize("backend", ["ffcv", "opencv", "dali", "nvjpeg"])
 def test_abandoned_epochs_leave_no_threads_behind(flat_converted, backend):
     """Take one batch per epoch and drop the rest, as max_steps_per_epoch does (the trainer
     closes the epoch's generator). Before the fix ffcv grew 3 -> 7 threads over five epochs."""
@@ -145,17 +145,20 @@ def test_nvjpeg_batched_crop_resize_matches_torchvision_per_image(converted, spl
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
 
-    from loaders.nvjpeg import random_resized_crop_box
+    from loaders.geometry import resized_crop_boxes
     out, _ = converted
     loader = make_loader("nvjpeg", out, split, batch_size=8, image_size=64, workers=1)
     cfg, decoded = loader.cfg, decode_jpeg(loader._read(range(8)), mode=ImageReadMode.RGB)
     batched = loader._crop_resize(decoded, np.random.default_rng(0))
     rng, reference = np.random.default_rng(0), []
-    for img in decoded:
+    if cfg.is_train:  # the same draws: every crop box, then every flip
+        boxes = resized_crop_boxes([i.shape[1] for i in decoded], [i.shape[2] for i in decoded], cfg.scale, cfg.ratio, rng)
+        flips = rng.random(len(decoded)) < 0.5
+    for k, img in enumerate(decoded):
         if cfg.is_train:
-            top, left, h, w = random_resized_crop_box(img.shape[1], img.shape[2], cfg.scale, cfg.ratio, rng)
-            ref = F.resized_crop(img, top, left, h, w, [64, 64], antialias=True)
-            reference.append(F.horizontal_flip(ref) if rng.random() < 0.5 else ref)
+            x1, y1, x2, y2 = boxes[k].tolist()
+            ref = F.resized_crop(img, y1, x1, y2 - y1, x2 - x1, [64, 64], antialias=True)
+            reference.append(F.horizontal_flip(ref) if flips[k] else ref)
         else:
             reference.append(F.center_crop(F.resize(img, cfg.resize_to, antialias=True), [64, 64]))
     diff = (batched - torch.stack(reference).float()).abs()

@@ -18,7 +18,7 @@ from fastmix.data.synth import class_wnids, jpeg_bytes
 from loaders import make_loader
 from loaders.common import MEAN, STD
 
-BACKENDS = ["pil", "pil-wds", "ffcv", "dali", "nvjpeg"]
+BACKENDS = ["pil", "pil-wds", "ffcv", "opencv", "dali", "nvjpeg"]
 SIZES = {64: (120, 100), 160: (100, 120)}  # blue level -> (width, height); not 255-symmetric, so an
                                            # inverted image does not pass for the other size
 OUT = 32                                    # output side

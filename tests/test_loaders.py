@@ -12,7 +12,7 @@ from conftest import FLAT_CLASSES, FLAT_TRAIN, FLAT_VAL, ids_of
 from loaders import make_loader
 from loaders.common import rank_indices
 
-SHARDED = ["pil", "pil-wds", "ffcv", "dali", "nvjpeg", "resident"]
+SHARDED = ["pil", "pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "resident"]
 DTYPE = {"train": "float32", "val": "bfloat16"}
 
 
@@ -65,7 +65,7 @@ def test_two_ranks_get_disjoint_complete_shards(backend, flat_converted):
     assert abs(len(seen[0]) - len(seen[1])) <= 1
 
 
-@pytest.mark.parametrize("backend", ["pil-wds", "ffcv", "dali", "nvjpeg", "resident", "synthetic"])
+@pytest.mark.parametrize("backend", ["pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "resident", "synthetic"])
 def test_drop_last_gives_only_full_batches(backend, flat_converted):
     loader = load(backend, flat_converted, "train", last_batch="drop")
     sizes = [len(y) for _, y in loader]
@@ -79,7 +79,7 @@ def test_val_batches_agree_across_backends(converted):
     224 px the largest gaps measured were 0.023 / 0.017 (ffcv) and 0.009 / 0.006 (dali)."""
     out, _ = converted
     stats = {}
-    for backend in ["pil-wds", "ffcv", "dali", "nvjpeg", "resident"]:
+    for backend in ["pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "resident"]:
         loader = make_loader(backend, out, "val", batch_size=16, image_size=64, workers=1)
         x = torch.cat([images.float() for images, _ in loader])
         stats[backend] = (x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3)))
@@ -162,17 +162,18 @@ def test_resident_full_crop_reproduces_the_stored_pixels(converted):
 
 
 def test_resident_pad_crop_and_box_sampling():
-    from loaders.resident import pad_crop, resized_crop_boxes
+    from loaders.geometry import resized_crop_boxes
+    from loaders.resident import pad_crop
     import numpy as np
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).view(2, 3, 5, 5)
     out = pad_crop(x, 2, 5, torch.tensor([0, 3]), torch.tensor([2, 4]))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     assert torch.equal(out[0], padded[0, :, 0:5, 2:7]) and torch.equal(out[1], padded[1, :, 3:8, 4:9])
-    boxes = resized_crop_boxes(2000, 40, 30, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
+    boxes = resized_crop_boxes(40, 30, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0), n=2000)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 30).all() and (boxes[:, 3] <= 40).all()
     assert (w * h >= 0.08 * 1200 * 0.8).all() and 0.4 < (w * h).mean() / 1200 < 0.7
-    assert np.array_equal(resized_crop_boxes(3, 32, 32, (1, 1), (1, 1), np.random.default_rng(0)),
+    assert np.array_equal(resized_crop_boxes(32, 32, (1, 1), (1, 1), np.random.default_rng(0), n=3),
                           np.array([[0, 0, 32, 32]] * 3))
 
 

@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recipe", default="cpu-smoke", help=f"built-in ({recipes}) or a .yaml path")
     p.add_argument("--model", help="registered variant, e.g. convmixer_768_32")
     p.add_argument("--data", help="converted folder (tools/convert_subset.py --out)")
-    p.add_argument("--backend", help="loader: pil, pil-wds, ffcv, dali, nvjpeg, resident, synthetic")
+    p.add_argument("--backend", help="loader: pil, pil-wds, ffcv, opencv, dali, nvjpeg, resident, synthetic")
     p.add_argument("--imagefolder", help="pil backend: the original ImageFolder tree")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="optimizer batch per process (micro-batches accumulate to it)")

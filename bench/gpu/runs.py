@@ -69,12 +69,12 @@ def _importable(module: str) -> bool:
 def loader_backends(ctx) -> tuple[list[str], dict[str, str]]:
     """The backends to measure here, and why the others are skipped."""
     gpu = ctx.device.type == "cuda"
-    wanted = ["nvjpeg", "dali-gpu", "dali-cpu", "ffcv", "pil-wds"] if gpu else ["nvjpeg", "dali-cpu", "pil-wds"]
+    wanted = ["nvjpeg", "dali-gpu", "dali-cpu", "opencv", "ffcv", "pil-wds"] if gpu else ["nvjpeg", "dali-cpu", "pil-wds"]
     skipped = {}
     if not _importable("nvidia.dali"):
         skipped.update({b: "DALI is not installed (README: installing DALI offline)" for b in wanted if "dali" in b})
-    if not _importable("ffcv"):
-        skipped["ffcv"] = "ffcv is not installed"
+    if not _importable("ffcv"):  # opencv reads the .beton through ffcv's Reader
+        skipped.update({b: "ffcv is not installed" for b in ("ffcv", "opencv")})
     return [b for b in wanted if b not in skipped], skipped
 
 

@@ -152,3 +152,27 @@ def read_jpegs(path: Path) -> list[bytes | None]:
             f.seek(int(image["data_ptr"]))
             out.append(f.read(size_at[int(image["data_ptr"])]))
     return out
+
+
+class StoredImages:
+    """Zero-copy access to a .beton's stored images: `encoded(i)` is sample i's bytes (a JPEG,
+    or raw RGB where `is_jpeg[i]` is False) as a view into the page-cached file."""
+
+    def __init__(self, path: Path):
+        reader = _reader(path)
+        image = reader.metadata["f0"]
+        self.labels = np.asarray(reader.metadata["f1"]).astype(np.int64)
+        self.heights = image["height"].astype(np.int64)
+        self.widths = image["width"].astype(np.int64)
+        self.is_jpeg = image["mode"] == 0  # ffcv's IMAGE_MODES: jpg 0, raw 1
+        size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
+        self.offsets = image["data_ptr"].astype(np.int64)
+        self.sizes = np.array([size_at[p] for p in self.offsets.tolist()], np.int64)
+        self._file = np.memmap(path, np.uint8, mode="r")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def encoded(self, i: int) -> np.ndarray:
+        p = self.offsets[i]
+        return self._file[p:p + self.sizes[i]]
