@@ -8,7 +8,9 @@
    AdamW over each variant's parameters. Efficiency and overhead fitted per op key.
 2. End to end, all held out: each variant at two batches (2, 4) and two resolutions (the op
    benchmark's and a larger one: 64/96 px, 112/160 px for patch 14), in NCHW, and at batch 2
-   in channels_last, each measured (median of --steps steps after --warmup) and predicted.
+   in channels_last, each measured (median of --sweeps x --steps steps: the 15 configurations are
+   measured in turn, --sweeps times, so a slow spell of the machine spreads over all of them) and
+   predicted.
 The end-to-end calibration (fitted on the first configuration's profiler breakdown) is kept as a
 cross-check column. Writes calibration.json, predicted_vs_measured.md and .png under --out.
 CPU timings are only meaningful on a quiet machine: the load average is recorded.
@@ -42,7 +44,8 @@ def end_to_end_specs() -> list[ProfileSpec]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/calibration-cpu2")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration per sweep")
+    p.add_argument("--sweeps", type=int, default=3, help="passes over all configurations")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=3, help="back-to-back repetitions per op timing")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     result = run_op_calibration(quick_cases(torch.device("cpu"), "fp32"), end_to_end_specs(), args.out,
-                                steps=args.steps, warmup=args.warmup, device="cpu", reps=args.reps)
+                                steps=args.steps, warmup=args.warmup, device="cpu", reps=args.reps,
+                                sweeps=args.sweeps)
     result["load_average"] = {"before": load_before, "after": os.getloadavg(), "cores": os.cpu_count()}
     path = Path(args.out) / "calibration.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -38,3 +38,25 @@ def test_a_fast_loader_is_measured_over_a_long_enough_window(flat_converted):
     r = measure("synthetic", str(data), 32, args)
     assert r["seconds"] >= 0.5 and r["epochs"] > 1
     assert 0 <= r["cpu_cores_used"] <= (os.cpu_count() or 1) * 1.05
+
+
+@pytest.mark.parametrize("backend", ["opencv", "ffcv"])
+def test_stage_breakdown_times_every_stage_and_compares_with_pil(backend, converted):
+    """bench.stages on the .beton readers: every stage timed, and the fast path's output close to
+    torchvision's PIL RandomResizedCrop of the same bytes and boxes (a channel swap, a misplaced
+    crop or a missing resize would land far below 30 dB)."""
+    pytest.importorskip("ffcv")
+    import cv2
+    import torch
+
+    from bench.stages import measure_stages
+    threads = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        row = measure_stages(backend, str(converted[0]), 64, batch=8, repeats=1)
+    finally:  # measure_stages pins this process to one thread
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+    us = row["us_per_image"]
+    assert {"read", "decode", "crop/resize", "flip", "collate", "convert+normalize"} <= set(us)
+    assert all(v >= 0 for v in us.values()) and us["decode"] > 0
+    assert row["psnr_vs_pil_db"] > 30, row

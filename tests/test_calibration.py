@@ -117,3 +117,16 @@ def test_unknown_gpu_is_measured_not_a_key_error(monkeypatch):
     assert not known and dev.key == "nvidia-rtx-pro-9999" and "peak unknown" in dev.source
     assert (dev.fp32, dev.fp16_tensor, dev.bf16_tensor, dev.bandwidth_gbs, dev.memory_gb) == (50, 400, 390, 1500, 48)
     assert profiler.device_entry(CPU)[1]
+
+
+def test_sweeps_are_pooled_into_one_measurement_per_spec():
+    """bench.calibration measures every configuration in several sweeps: their steps pool into one
+    median, and the derived rates follow the pooled median, not the first sweep's."""
+    first = {"spec": {"batch": 4}, "times_s": [1.0, 1.2, 1.1], "median_s": 1.1, "mfu": 0.2,
+             "model_flops_per_step": 2e12, "max_memory_allocated_gb": 3.0}
+    second = {**first, "times_s": [2.0, 2.2, 2.1], "median_s": 2.1, "max_memory_allocated_gb": 3.5}
+    m = profiler.pooled([first, second])
+    assert m["steps"] == 6 and m["sweeps"] == 2 and m["median_s"] == pytest.approx(1.6)
+    assert m["images_per_s"] == pytest.approx(4 / 1.6) and m["achieved_tflops"] == pytest.approx(2 / 1.6)
+    assert m["mfu"] == pytest.approx(0.2 * 1.1 / 1.6) and m["max_memory_allocated_gb"] == 3.5
+    assert m["p10_s"] == 1.0 and m["p90_s"] == 2.2

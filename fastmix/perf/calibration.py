@@ -20,7 +20,7 @@ from fastmix.train.speed import resolve_device
 
 from .cost import Efficiency, predict_step
 from .opbench import OpCase, op_calibration
-from .profiler import ProfileSpec, calibrate, ceilings, device_entry, environment, measure
+from .profiler import ProfileSpec, calibrate, ceilings, device_entry, environment, measure, pooled
 
 
 def run_calibration(specs: list[ProfileSpec], out: str | Path, calibrate_on: int = 0, steps: int = 20,
@@ -74,18 +74,22 @@ def steady_host_allocator(device) -> None:
 
 def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str | Path, steps: int = 5,
                        warmup: int = 2, device: str = "auto", catalog: str | None = None, reps: int = 3,
-                       with_ceilings: bool = True, cross_check: bool = True) -> dict:
+                       with_ceilings: bool = True, cross_check: bool = True, sweeps: int = 1) -> dict:
     """Op-level calibration on `cases`, then every spec measured end to end and predicted from
     it (all held out); `cross_check` also fits the end-to-end calibration on specs[0] and
-    predicts the rest from that, for comparison."""
+    predicts the rest from that, for comparison. With `sweeps` > 1 the specs are measured in
+    that many sweeps of `steps` steps each, pooled per spec: on a shared machine a slow spell
+    then spreads over every spec rather than falling on one (as the op benchmark's round-robin)."""
     dev = resolve_device(device)
     steady_host_allocator(dev)
     gpu, peak_known = device_entry(dev, catalog)
     cal = op_calibration(cases, dev, gpu, reps)
     eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"],
                      overhead_per_op_s=cal["overhead_per_op_s"], source="op-level calibration")
-    measurements = [measure(s, dev, gpu, steps, warmup, breakdown=cross_check and i == 0)
-                    for i, s in enumerate(tqdm(specs, desc="end-to-end", disable=None))]
+    runs = [(k, i, s) for k in range(sweeps) for i, s in enumerate(specs)]
+    swept = [measure(s, dev, gpu, steps, warmup, breakdown=cross_check and i == 0 and k == 0)
+             for k, i, s in tqdm(runs, desc="end-to-end", disable=None)]
+    measurements = [pooled(swept[i::len(specs)]) for i in range(len(specs))]
     e2e = calibrate(measurements[0], gpu) if cross_check else None
     rows = []
     for m in measurements:

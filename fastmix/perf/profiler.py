@@ -187,6 +187,21 @@ def measure(spec: ProfileSpec, device: torch.device, gpu: Device, steps: int = 2
     return out
 
 
+def pooled(ms: list[dict]) -> dict:
+    """One measurement from several sweeps of the same spec (`measure` called apart in time):
+    the statistics over all their steps; memory is the largest peak, the breakdown the first's."""
+    out = dict(ms[0])
+    times = [t for m in ms for t in m["times_s"]]
+    median = statistics.median(times)
+    batch = ms[0]["spec"]["batch"]
+    out.update(times_s=times, steps=len(times), sweeps=len(ms), median_s=median, p10_s=_quantile(times, 0.1),
+               p90_s=_quantile(times, 0.9), images_per_s=batch / median,
+               achieved_tflops=out["model_flops_per_step"] / median / 1e12, mfu=out["mfu"] * ms[0]["median_s"] / median)
+    if "max_memory_allocated_gb" in out:
+        out["max_memory_allocated_gb"] = max(m["max_memory_allocated_gb"] for m in ms)
+    return out
+
+
 def _quantile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
