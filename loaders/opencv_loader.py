@@ -5,10 +5,9 @@ Per image, only the work its output needs:
 - decode at the smallest of libjpeg-turbo's 1/2, 1/4, 1/8 DCT scales that still leaves the crop
   at least the output's size (`geometry.dct_denominator`), straight to RGB;
 - resize the crop bilinearly; where it shrinks by `ANTIALIAS_FROM` or more, a small Gaussian
-  first (sigma 0.5 sqrt(f^2 - 1) per axis) stands in for the antialiasing of torchvision's PIL
-  resize. Against PIL on the same crops (bench.loaders --quality): 44-48 dB PSNR for shrink
-  factors 1.25-2x, where plain bilinear gives 33-41 dB; below 1.25x plain bilinear gives ~50 dB;
-- mirror by writing the resized crop flipped into the batch (cv2.flip), no extra pass;
+  first (sigma 0.5 sqrt(f^2 - 1) per axis, 3 or 5 taps) stands in for the antialiasing of
+  torchvision's PIL resize (bench.stages' `psnr_vs_pil_db`; tests/test_opencv_loader.py);
+- mirror with one cv2.flip from the resized crop into the batch slot;
 - hand off one uint8 NHWC batch (which is NCHW channels_last), normalized by `normalize` on the
   consuming device in one pass.
 
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ def resize_into(src: np.ndarray, dst: np.ndarray, flip: bool = False) -> None:
     fy, fx = src.shape[0] / dst.shape[0], src.shape[1] / dst.shape[1]
     if max(fx, fy) >= ANTIALIAS_FROM:
         sx, sy = blur_sigma(fx), blur_sigma(fy)
-        # 3 taps up to sigma 2/3 (2x shrink), wider beyond; 1 tap (none) on an axis not shrunk.
+        # 3 taps up to sigma 2/3 (a 1.67x shrink), 5 up to 4/3 (3x); 1 tap (none) on an axis not shrunk.
         kx, ky = (2 * math.ceil(1.5 * s) + 1 if s > 0 else 1 for s in (sx, sy))
         src = cv2.GaussianBlur(src, (kx, ky), sigmaX=max(sx, 1e-3), sigmaY=max(sy, 1e-3))
     size = (dst.shape[1], dst.shape[0])
@@ -64,6 +63,21 @@ def decode_flags(cv2) -> dict[int, int]:
             8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | rgb}
 
 
+_FLAGS: dict[int, int] = {}  # decode_flags for the OpenCV in use, filled on first decode
+
+
+def decode_rgb(data: np.ndarray, d: int) -> np.ndarray | None:
+    """A JPEG decoded at 1/d scale (d in 1, 2, 4, 8) to HxWx3 RGB; None if it is no JPEG."""
+    import cv2
+    if not _FLAGS:
+        _FLAGS.update(decode_flags(cv2))
+    image = cv2.imdecode(data, _FLAGS[d])
+    if image is not None and not hasattr(cv2, "IMREAD_COLOR_RGB"):  # before OpenCV 4.10: BGR only
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+    return image
+
+
+
 class OpenCVLoader(BaseLoader):
     def __init__(self, cfg: LoaderConfig):
         self.cv2 = require("cv2", "ffcv")
@@ -74,9 +88,8 @@ class OpenCVLoader(BaseLoader):
             raise FileNotFoundError(f"{self.path}: not found; convert with --formats ffcv")
         self.store = StoredImages(self.path)
         super().__init__(cfg, len(self.store))
-        self.flags = decode_flags(self.cv2)
-        self._bgr = not hasattr(self.cv2, "IMREAD_COLOR_RGB")
         self.threads = max(1, cfg.workers)
+        self._pin = cfg.torch_device.type == "cuda"
         self._pool = None
 
     def _decode(self, i: int, crop_h: int, crop_w: int) -> tuple[np.ndarray, int]:
@@ -85,11 +98,9 @@ class OpenCVLoader(BaseLoader):
         if not store.is_jpeg[i]:  # ffcv's raw write mode: stored pixels, nothing to decode
             return store.encoded(i).reshape(store.heights[i], store.widths[i], 3), 1
         d = dct_denominator(crop_h, crop_w, self.cfg.image_size, self.cfg.image_size)
-        image = self.cv2.imdecode(store.encoded(i), self.flags[d])
+        image = decode_rgb(store.encoded(i), d)
         if image is None:
             raise ValueError(f"{self.path}: sample {i} is not a decodable JPEG")
-        if self._bgr:  # OpenCV before 4.10 decodes to BGR only
-            self.cv2.cvtColor(image, self.cv2.COLOR_BGR2RGB, dst=image)
         return image, d
 
     def _batch(self, ids: np.ndarray, seed: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,10 +119,15 @@ class OpenCVLoader(BaseLoader):
         dst = out.numpy()
         for k, i in enumerate(ids.tolist()):
             x1, y1, x2, y2 = boxes[k].tolist()
-            image, d = self._decode(i, y2 - y1, x2 - x1)
-            r0, r1 = scaled_span(y1, y2 - y1, d, image.shape[0])
-            c0, c1 = scaled_span(x1, x2 - x1, d, image.shape[1])
-            resize_into(image[r0:r1, c0:c1], dst[k], bool(flips[k]))
+            try:
+                image, d = self._decode(i, y2 - y1, x2 - x1)
+                r0, r1 = scaled_span(y1, y2 - y1, d, image.shape[0])
+                c0, c1 = scaled_span(x1, x2 - x1, d, image.shape[1])
+                resize_into(image[r0:r1, c0:c1], dst[k], bool(flips[k]))
+            except ValueError:
+                raise
+            except Exception as e:  # an OpenCV error or a raw sample of the wrong size: say which
+                raise ValueError(f"{self.path}: sample {i}: {type(e).__name__}: {e}") from e
         return out.permute(0, 3, 1, 2), torch.from_numpy(self.store.labels[ids])
 
     def __iter__(self):
@@ -119,15 +135,14 @@ class OpenCVLoader(BaseLoader):
         if self._pool is None:
             # OpenCV's own thread pool inside each call would only fight these threads for the cores.
             self.cv2.setNumThreads(1)
-            self._pin = cfg.torch_device.type == "cuda"
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fastmix-opencv")
-        batches = enumerate(batch_slices(rank_indices(self.split_size, cfg, self.epoch), cfg.batch_size,
-                                         cfg.last_batch))
+        epoch = self.epoch  # one epoch's order and draws, even if set_epoch runs before it ends
+        batches = enumerate(batch_slices(rank_indices(self.split_size, cfg, epoch), cfg.batch_size, cfg.last_batch))
         ahead = deque()
 
         def submit():
             for k, ids in batches:
-                ahead.append(self._pool.submit(self._batch, ids, [cfg.seed, cfg.rank, self.epoch, k]))
+                ahead.append(self._pool.submit(self._batch, ids, [cfg.seed, cfg.rank, epoch, k]))
                 return
 
         try:
@@ -137,6 +152,7 @@ class OpenCVLoader(BaseLoader):
                 images, labels = ahead.popleft().result()
                 submit()
                 yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
-        finally:  # abandoned mid-epoch: drop the batches not started (the running ones just finish)
+        finally:  # abandoned mid-epoch: drop the batches not started, let the running ones finish
             for future in ahead:
                 future.cancel()
+            wait(ahead)  # so no decoding goes on behind the caller's back (e.g. while it evaluates)

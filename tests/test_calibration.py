@@ -130,3 +130,18 @@ def test_sweeps_are_pooled_into_one_measurement_per_spec():
     assert m["images_per_s"] == pytest.approx(4 / 1.6) and m["achieved_tflops"] == pytest.approx(2 / 1.6)
     assert m["mfu"] == pytest.approx(0.2 * 1.1 / 1.6) and m["max_memory_allocated_gb"] == 3.5
     assert m["p10_s"] == 1.0 and m["p90_s"] == 2.2
+
+
+def test_each_spec_pools_its_own_sweeps():
+    """The sweeps run every spec in turn; spec i's measurement pools spec i's runs only."""
+    from fastmix.perf.calibration import measured_in_sweeps
+    specs = [ProfileSpec("convmixer_256_8", b, 32, "fp32", "off") for b in (1, 2, 3)]
+    order = []
+
+    def fake(k, i, s):
+        order.append((k, i))
+        t = float(s.batch) + k / 10  # spec's batch, sweep in the decimals
+        return {"spec": {"batch": s.batch}, "times_s": [t], "median_s": t, "mfu": 0.1, "model_flops_per_step": 1e9}
+    got = measured_in_sweeps(specs, 2, fake)
+    assert order == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [m["times_s"] for m in got] == [[1.0, 1.1], [2.0, 2.1], [3.0, 3.1]]

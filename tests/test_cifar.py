@@ -59,17 +59,19 @@ def test_cifar10_tarball_converts_with_pixels_labels_and_names(tmp_path):
             assert s.label == label
             assert np.abs(decoded - image).mean() < 1, s.key  # JPEG q100 4:4:4: < 1 level; CHW/HWC mix-ups: ~60
 
-    # The raw .beton is lossless: ffcv gives back the source pixels exactly, in the shards' order.
+    # The raw .beton is lossless: ffcv, and opencv reading it, give back the source pixels exactly,
+    # in the shards' order.
     from loaders import make_loader
-    loader = make_loader("ffcv", out, "val", batch_size=20, image_size=32, crop_ratio=1.0, workers=1)
-    images, labels = next(iter(loader))
     from loaders.common import MEAN, STD
     import torch
-    pixels = (images.float() * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
     keys = [s.key for s in shard_samples(out, "val")]
     want = np.stack([source_row(k, train, test, 10)[0] for k in keys]).transpose(0, 3, 1, 2)
-    assert np.abs(pixels.round().numpy() - want).max() == 0
-    assert labels.tolist() == [int(source_row(k, train, test, 10)[1]) for k in keys]
+    for backend in ("ffcv", "opencv"):
+        loader = make_loader(backend, out, "val", batch_size=20, image_size=32, crop_ratio=1.0, workers=1)
+        images, labels = next(iter(loader))
+        pixels = (images.float() * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255)
+        assert np.abs(pixels.round().numpy() - want).max() == 0, backend
+        assert labels.tolist() == [int(source_row(k, train, test, 10)[1]) for k in keys], backend
 
 
 def test_cifar100_extracted_folder_converts(tmp_path):

@@ -101,3 +101,27 @@ def test_an_undecodable_sample_is_named(converted, tmp_path):
     with pytest.raises(ValueError, match=f"train.beton: sample {victim} is not a decodable JPEG"):
         for _ in loader:
             pass
+
+
+def test_an_abandoned_epoch_stops_its_work(flat_converted):
+    """Closing the epoch early cancels the batches not started and waits for the running ones:
+    nothing decodes after close() returns (without the wait, the two running batches would
+    still be inside their 0.3 s here)."""
+    import time
+    out, _, _ = flat_converted
+    loader = make_loader("opencv", out, "train", batch_size=2, image_size=32, workers=2)
+    started, finished, make = [], [], loader._batch
+
+    def slow(ids, seed):
+        started.append(seed)
+        time.sleep(0.3)
+        result = make(ids, seed)
+        finished.append(seed)
+        return result
+    loader._batch = slow
+    batches = iter(loader)
+    next(batches)
+    batches.close()
+    assert len(finished) == len(started) < len(loader)
+    time.sleep(0.5)
+    assert len(started) == len(finished)  # nothing cancelled started later

@@ -72,6 +72,14 @@ def steady_host_allocator(device) -> None:
         keep_batch_buffers()
 
 
+def measured_in_sweeps(specs: list[ProfileSpec], sweeps: int, measure_one) -> list[dict]:
+    """measure_one(sweep, index, spec) for every spec in turn, `sweeps` times over; each spec's
+    sweeps pooled into one measurement, in the order of `specs`."""
+    runs = [(k, i, s) for k in range(sweeps) for i, s in enumerate(specs)]
+    swept = [measure_one(k, i, s) for k, i, s in tqdm(runs, desc="end-to-end", disable=None)]
+    return [pooled(swept[i::len(specs)]) for i in range(len(specs))]
+
+
 def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str | Path, steps: int = 5,
                        warmup: int = 2, device: str = "auto", catalog: str | None = None, reps: int = 3,
                        with_ceilings: bool = True, cross_check: bool = True, sweeps: int = 1) -> dict:
@@ -86,10 +94,8 @@ def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str |
     cal = op_calibration(cases, dev, gpu, reps)
     eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"],
                      overhead_per_op_s=cal["overhead_per_op_s"], source="op-level calibration")
-    runs = [(k, i, s) for k in range(sweeps) for i, s in enumerate(specs)]
-    swept = [measure(s, dev, gpu, steps, warmup, breakdown=cross_check and i == 0 and k == 0)
-             for k, i, s in tqdm(runs, desc="end-to-end", disable=None)]
-    measurements = [pooled(swept[i::len(specs)]) for i in range(len(specs))]
+    measurements = measured_in_sweeps(specs, sweeps, lambda k, i, s: measure(
+        s, dev, gpu, steps, warmup, breakdown=cross_check and i == 0 and k == 0))
     e2e = calibrate(measurements[0], gpu) if cross_check else None
     rows = []
     for m in measurements:
