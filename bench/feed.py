@@ -77,18 +77,24 @@ def table(model: str, batch: int, sizes: list[int], rates: dict, measured: dict,
         precision = precision_for(device)
         for size in sizes:
             if (key, size) in measured:
-                train, source = measured[(key, size)], "measured (bench.gpu)"
+                train, source, fastest = measured[(key, size)], "measured (bench.gpu)", None
             else:
-                train = predict_step(model, batch, precision, device, eff, image_size=size)["images_per_s"]
-                source = f"predicted ({eff.source})"
+                pred = predict_step(model, batch, precision, device, eff, image_size=size)
+                train, source = pred["images_per_s"], f"predicted ({eff.source}; range: {pred['range_source']})"
+                slowest, fastest = (batch / s for s in reversed(pred["range_s"]))
             row = {"gpu": key, "gpu_name": device.name, "model": model, "image_size": size, "precision": precision,
                    "train_images_per_s": round(train, 1), "train_rate_source": source, "cores_to_feed": {},
                    "loader_images_per_s_per_core": {}}
+            if fastest is not None:  # a prediction: the GPU may be as fast as the top of its range
+                row["train_images_per_s_range"] = [round(slowest, 1), round(fastest, 1)]
+                row["cores_to_feed_at_fastest"] = {}
             for b in backends:
                 per_core = rates.get((b, size))
                 if per_core:
                     row["loader_images_per_s_per_core"][b] = round(per_core, 1)
                     row["cores_to_feed"][b] = float(f"{train / per_core:.3g}")
+                    if fastest is not None:
+                        row["cores_to_feed_at_fastest"][b] = float(f"{fastest / per_core:.3g}")
             rows.append(row)
     return rows
 
@@ -97,12 +103,17 @@ def markdown(rows: list[dict]) -> str:
     backends = list(dict.fromkeys(b for r in rows for b in r["cores_to_feed"]))
     lines = ["| GPU | size | precision | train img/s | " + " | ".join(f"{b} cores" for b in backends) + " |",
              "|---|---:|---|---:|" + "---:|" * len(backends)]
+    def up(x: float) -> float:  # cores round up: 0.31 cores need 0.4 of a core's time, not 0.3
+        return math.ceil(x * 10) / 10
+
     for r in rows:
-        cells = " | ".join(str(math.ceil(r["cores_to_feed"][b] * 10) / 10) if b in r["cores_to_feed"] else "–"
-                           for b in backends)
-        mark = "" if r["train_rate_source"].startswith("predicted") else " (measured)"
-        lines.append(f"| {r['gpu_name']} | {r['image_size']} | {r['precision']} | {r['train_images_per_s']:.0f}{mark} "
-                     f"| {cells} |")
+        top = r.get("cores_to_feed_at_fastest", {})
+        cells = " | ".join((f"{up(r['cores_to_feed'][b])}" + (f" (≤{up(top[b])})" if b in top else ""))
+                           if b in r["cores_to_feed"] else "–" for b in backends)
+        rate = f"{r['train_images_per_s']:.0f}"
+        rate += " ({:.0f}–{:.0f})".format(*r["train_images_per_s_range"]) if "train_images_per_s_range" in r \
+            else " (measured)"
+        lines.append(f"| {r['gpu_name']} | {r['image_size']} | {r['precision']} | {rate} | {cells} |")
     per_core = {b: {s: v for r in rows for bb, v in r["loader_images_per_s_per_core"].items() if bb == b
                     for s in [r["image_size"]]} for b in backends}
     lines.append("")

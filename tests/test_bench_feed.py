@@ -37,6 +37,12 @@ def test_cores_to_feed_is_the_training_rate_over_the_loader_rate_per_core():
     h100 = next(r for r in rows if r["gpu"] == "h100" and r["image_size"] == 224)
     train = predict_step("convmixer_768_32", 64, "fp16", catalog["h100"], image_size=224)["images_per_s"]
     assert h100["cores_to_feed"] == {"ffcv": pytest.approx(train / 300.0, rel=1e-3)}
+    # an uncalibrated rate comes with its range, and the cores to feed the fast end of it
+    low, high = (64 / s for s in reversed(predict_step("convmixer_768_32", 64, "fp16", catalog["h100"],
+                                                       image_size=224)["range_s"]))
+    assert h100["train_images_per_s_range"] == [pytest.approx(low, abs=0.1), pytest.approx(high, abs=0.1)]
+    assert low < train < high and h100["cores_to_feed_at_fastest"] == {"ffcv": pytest.approx(high / 300.0, rel=1e-3)}
+    assert f"| {train:.0f} ({low:.0f}–{high:.0f}) |" in feed.markdown(rows)
     t4_160 = next(r for r in rows if r["gpu"] == "t4" and r["image_size"] == 160)
     assert set(t4_160["cores_to_feed"]) == {"pil"}  # no ffcv row at 160: no cell, not a guess
     measured = feed.table("convmixer_768_32", 64, [224], rates, {("t4", 224): 600.0}, Efficiency(), catalog)
