@@ -50,9 +50,15 @@ def test_plan_arithmetic_by_hand(monkeypatch):
     # 64/1.2 = 53.3 img/s at 224 px at 50/core -> 1.07 cores; the worst epoch decides
     assert r["loader"]["pil"]["cores_needed"] == pytest.approx(1.6)
     assert r["loader"]["pil"]["keeps_up"] is True
+    # at the fast end of the range (step 0.2 s at 128 px): 320 img/s -> 3.2 cores, more than the 2
+    assert r["loader"]["pil"]["cores_needed_at_fastest"] == pytest.approx(3.2)
+    assert plan.verdict(r["loader"]["pil"]) == "tight" and "1.6 (≤3.2) tight" in plan.markdown([r])
+    four = plan.plan_gpu("convmixer_1024_20_ks9_p14", gpu(1000), 4, [128, 224], batch=64, train_images=6400,
+                         cores=4, loader_rates=rates)
+    assert plan.verdict(four["loader"]["pil"]) == "ok"
     one_core = plan.plan_gpu("convmixer_1024_20_ks9_p14", gpu(1000), 4, [128, 224], batch=64, train_images=6400,
                              cores=1, loader_rates=rates)
-    assert one_core["loader"]["pil"]["keeps_up"] is False
+    assert one_core["loader"]["pil"]["keeps_up"] is False and plan.verdict(one_core["loader"]["pil"]) == "TOO FEW"
     # memory between what 16 and 32 images need at 224 px (with a DALI pool per size): micro 16 x 4
     need16, need32 = (device_training_memory("convmixer_1024_20_ks9_p14", m, "fp16", 224, loader="dali",
                                              resolutions=[128, 224])["total"] for m in (16, 32))

@@ -93,7 +93,10 @@ def plan_gpu(model: str, gpu: Device, epochs: int, sizes: list[int], batch: int 
     feed = {}
     for backend, rates in (loader_rates or {}).items():
         need = max(per_size[s]["images_per_s"] / per_core_rate(rates, s) for s in set(sizes))
-        feed[backend] = {"cores_needed": need, "keeps_up": need <= cores}
+        # the GPU may be as fast as the low end of its step-time range
+        fastest = max(micro / per_size[s]["range_s"][0] / per_core_rate(rates, s) for s in set(sizes))
+        feed[backend] = {"cores_needed": need, "keeps_up": need <= cores,
+                         "cores_needed_at_fastest": fastest, "keeps_up_at_fastest": fastest <= cores}
     return {**row, "fits": True, "accum_steps": batch // micro, "steps_per_epoch": steps,
             "memory_gb": device_training_memory(model, micro, prec, top, num_classes, **extras)["total"] / 1e9,
             "per_size": per_size, "hours": hours, "hours_range": (low, high), "dollars": hours * gpu.price_per_hour,
@@ -103,6 +106,12 @@ def plan_gpu(model: str, gpu: Device, epochs: int, sizes: list[int], batch: int 
 
 def plan_run(model: str, epochs: int, sizes: list[int], gpus: list[Device], **kw) -> list[dict]:
     return [plan_gpu(model, g, epochs, sizes, **kw) for g in gpus]
+
+
+def verdict(feed: dict) -> str:
+    """ok: enough cores even if the GPU runs at the fast end of its range; tight: enough at the
+    estimate only; TOO FEW: not even at the estimate."""
+    return "ok" if feed["keeps_up_at_fastest"] else "tight" if feed["keeps_up"] else "TOO FEW"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -116,8 +125,8 @@ def markdown(rows: list[dict]) -> str:
             continue
         lo, hi = r["hours_range"]
         dlo, dhi = r["dollars_range"]
-        feed = " | ".join(f"{r['loader'][b]['cores_needed']:.1f} {'ok' if r['loader'][b]['keeps_up'] else 'TOO FEW'}"
-                          for b in backends)
+        feed = " | ".join(f"{f['cores_needed']:.1f} (≤{f['cores_needed_at_fastest']:.1f}) {verdict(f)}"
+                          for f in (r["loader"][b] for b in backends))
         out.append(f"| {r['gpu']} | {r['precision']} | {r['micro_batch']} x {r['accum_steps']} | {r['memory_gb']:.1f} | "
                    f"{r['hours']:.1f} ({lo:.1f}-{hi:.1f}) | {r['dollars']:.0f} ({dlo:.0f}-{dhi:.0f}) |"
                    + (f" {feed} |" if backends else ""))
