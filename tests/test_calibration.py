@@ -145,3 +145,8 @@ def test_each_spec_pools_its_own_sweeps():
     got = measured_in_sweeps(specs, 2, fake)
     assert order == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert [m["times_s"] for m in got] == [[1.0, 1.1], [2.0, 2.1], [3.0, 3.1]]
+
+
+def test_ops_are_timed_round_robin_over_the_cases():
+    from fastmix.perf.opbench import round_robin
+    assert round_robin([["a1", "a2", "a3"], ["b1"], ["c1", "c2"]]) == ["a1", "b1", "c1", "a2", "c2", "a3"]

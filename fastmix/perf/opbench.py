@@ -174,6 +174,11 @@ def harness_seconds(device: torch.device, reps: int) -> float:
     return back_to_back_seconds(run, device, max(reps, 10))
 
 
+def round_robin(lists: list[list]) -> list:
+    """The first item of every list, then the second of every list, ... (lists of any lengths)."""
+    return [item for group in zip_longest(*lists) for item in group if item is not None]
+
+
 def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: int = 3) -> list[dict]:
     """Seconds per forward + backward of every distinct op of every case, less the timing
     harness's own cost (at most half of the raw time), with its ideal time."""
@@ -182,8 +187,8 @@ def measure_ops(cases: list[OpCase], device: torch.device, gpu: Device, reps: in
     # Round-robin over the cases (first op of every case, then the second, ...): a slow spell of
     # a shared machine then lands on a few ops of every variant instead of on all the ops of one
     # variant, which had skewed one variant's whole-step predictions by ~10 % on the 2-core CPU.
-    per_case = [[(c, op) for op in distinct_ops(variant(c.model), c.image_size, c.num_classes)] for c in cases]
-    work = [item for group in zip_longest(*per_case) for item in group if item is not None]
+    work = round_robin([[(c, op) for op in distinct_ops(variant(c.model), c.image_size, c.num_classes)]
+                        for c in cases])
     for case, op in tqdm(work, desc="op benchmark", disable=None):
         cfg = variant(case.model)
         raw = back_to_back_seconds(op_runner(op, cfg, case, device), device, reps)
