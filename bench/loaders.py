@@ -170,16 +170,8 @@ def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
         out["wds"] = [index.read(i) for i in range(min(limit, len(index)))]
     beton = Path(data) / "ffcv" / "train.beton"
     if beton.is_file():
-        from ffcv.reader import Reader
-        reader = Reader(str(beton))
-        meta = reader.metadata["f0"]
-        ptrs = {int(p): int(s) for p, s in zip(reader.alloc_table["ptr"], reader.alloc_table["size"])}
-        with open(beton, "rb") as f:
-            jpgs = []
-            for m in meta[meta["mode"] == 0][:limit]:  # mode 0: stored as JPEG
-                f.seek(int(m["data_ptr"]))
-                jpgs.append(f.read(ptrs[int(m["data_ptr"])]))
-        out["ffcv"] = jpgs
+        from fastmix.data.beton import read_jpegs
+        out["ffcv"] = [j for j in read_jpegs(beton) if j is not None][:limit]  # raw-stored images need no decode
     return out
 
 

@@ -141,17 +141,8 @@ def read_sizes(path: Path) -> np.ndarray:
 
 def read_jpegs(path: Path) -> list[bytes | None]:
     """Every sample's stored JPEG, in file order (None where write_mode stored it raw)."""
-    reader = _reader(path)
-    size_at = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
-    out = []
-    with open(path, "rb") as f:
-        for image in reader.metadata["f0"]:
-            if int(image["mode"]) != 0:  # ffcv's IMAGE_MODES: jpg 0, raw 1
-                out.append(None)
-                continue
-            f.seek(int(image["data_ptr"]))
-            out.append(f.read(size_at[int(image["data_ptr"])]))
-    return out
+    store = StoredImages(path)
+    return [store.encoded(i).tobytes() if store.is_jpeg[i] else None for i in range(len(store))]
 
 
 class StoredImages:
