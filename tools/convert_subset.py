@@ -16,8 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.data.convert import ConvertConfig, ConvertError, convert  # noqa: E402
-from fastmix.data.cifar import is_cifar  # noqa: E402
-from fastmix.data.sources import LAYOUTS, SPLITS  # noqa: E402
+from fastmix.data.sources import LAYOUT_NAMES, SPLITS, SourceError, detect_layout  # noqa: E402
 
 D = ConvertConfig("", "")
 CIFAR_QUALITY, CIFAR_SUBSAMPLING = 100, "4:4:4"  # 32 px images: 50.6 dB (README, CIFAR-10: measured)
@@ -27,10 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", help="ImageNet root (ImageFolder tree, Kaggle download, or the "
-                   "ILSVRC2012 tars + devkit), or a CIFAR-10/100 python download (.tar.gz or its folder); "
-                   "omit for the demo source")
-    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS, "cifar"])
-    p.add_argument("--out", help="output folder (default: data/demo, data/imagenet100, or data/cifar10 / cifar100)")
+                   "ILSVRC2012 tars + devkit), a Tiny ImageNet folder as downloaded, or a CIFAR-10/100 "
+                   "python download (.tar.gz or its folder); omit for the demo source")
+    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUT_NAMES])
+    p.add_argument("--out", help="output folder (default: data/demo, data/imagenet100, data/tinyimagenet, "
+                   "or data/cifar10 / cifar100)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--num-classes", type=int, help="first N classes in sorted WNID order "
                      "(default: 100; every class for CIFAR)")
@@ -66,11 +66,18 @@ def main(argv=None) -> int:
         from fastmix.data.synth import demo_source
         print("No --source: converting the embedded synthetic demo source.")
         a.source = str(demo_source(a.demo_cache))
-    cifar = a.layout == "cifar" or (a.layout == "auto" and is_cifar(Path(a.source)))
+    try:
+        layout = detect_layout(a.source) if a.layout == "auto" else a.layout
+    except SourceError:
+        layout = a.layout  # convert() reports it, with the same message
+    cifar = layout == "cifar"
+    default_out = "data/imagenet100"
     if cifar:
         default_out = "data/cifar100" if "100" in Path(a.source).name else "data/cifar10"
         a.all_classes = a.all_classes or a.num_classes is None
-    out = a.out or ("data/demo" if demo else default_out if cifar else "data/imagenet100")
+    elif layout == "tinyimagenet":
+        default_out = "data/tinyimagenet"
+    out = a.out or ("data/demo" if demo else default_out)
     cfg = ConvertConfig(
         source=a.source, out=out, layout=a.layout,
         num_classes=None if a.all_classes else (a.num_classes or 100), class_list=a.class_list,
@@ -99,6 +106,7 @@ def main(argv=None) -> int:
 
 def summary(manifest: dict, out: str) -> str:
     lines = [f"Converted {manifest['num_classes']} classes into {out}/"]
+    lines += [f"  note: {note}" for note in manifest["source"].get("notes", [])]
     for split, s in manifest["splits"].items():
         lines.append(f"  {split}: {s['written']} written, {len(s['rejected'])} rejected, "
                      f"of {s['source_files']} files; re-encoded: {s['reencoded']}")

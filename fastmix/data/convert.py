@@ -277,7 +277,8 @@ class Converter:
                 files[rel] = {"sha256": sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size}
         return {
             "tool": {"name": "fastmix convert_subset", "version": __version__},
-            "source": {"path": str(Path(self.cfg.source).resolve()), "layout": source.kind},
+            "source": {"path": str(Path(self.cfg.source).resolve()), "layout": source.kind,
+                       "notes": list(source.notes)},
             "options": {k: v for k, v in asdict(self.cfg).items()
                         if k not in ("source", "out", "resume", "overwrite", "workers")},
             "num_classes": len(wnids),

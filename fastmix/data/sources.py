@@ -1,8 +1,9 @@
 """Where ImageNet lives on a user's disk, and which files belong to which class.
 
-Three layouts are read: an ImageFolder tree, Kaggle's ILSVRC download, and the
+Three ImageNet layouts are read: an ImageFolder tree, Kaggle's ILSVRC download, and the
 original ILSVRC2012 archives (read in place: a member is a byte range of the tar,
 so the 148 GB train tar is never unpacked and only the selected classes are opened).
+Tiny ImageNet's download (tinyimagenet.py) and CIFAR's (cifar.py) are read as they come.
 Every error here happens before any image is converted, and names the file.
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _read_names(root: Path) -> dict[str, str]:
 
 class Source:
     kind = ""
+    notes: tuple[str, ...] = ()  # what the converter skipped on purpose (summary and manifest say so)
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -215,27 +217,44 @@ class ArchiveSource(Source):
 
 
 LAYOUTS = {cls.kind: cls for cls in (ImageFolderSource, KaggleSource, ArchiveSource)}
+LAYOUT_NAMES = (*LAYOUTS, "tinyimagenet", "cifar")  # the last two live in their own modules
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """The layout of the source at `root`; a SourceError when none fits."""
+    root = Path(root)
+    from .cifar import is_cifar  # CIFAR's pickled batches: a .tar.gz or its folder
+    from .tinyimagenet import is_tinyimagenet
+    if is_cifar(root):
+        return "cifar"
+    if not root.is_dir():
+        raise SourceError(f"{root}: source folder not found")
+    if (root / "ILSVRC" / "Data" / "CLS-LOC").is_dir():
+        return "kaggle"
+    if (root / ArchiveSource.TRAIN).is_file() or (root / ArchiveSource.VAL).is_file():
+        return "archives"
+    if is_tinyimagenet(root):  # before ImageFolder: it has train/ too
+        return "tinyimagenet"
+    if (root / "train").is_dir() or (root / "val").is_dir():
+        return "imagefolder"
+    raise SourceError(f"{root}: cannot tell the layout: expected train/<wnid>/ folders, "
+                      f"ILSVRC/Data/CLS-LOC/, {ArchiveSource.TRAIN}, or wnids.txt + train/ (Tiny ImageNet)")
 
 
 def open_source(root: str | os.PathLike, layout: str = "auto") -> Source:
     root = Path(root)
-    from .cifar import CifarSource, is_cifar  # CIFAR's pickled batches: a .tar.gz or its folder
-    if layout == "cifar" or (layout == "auto" and is_cifar(root)):
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout not in LAYOUT_NAMES:
+        raise SourceError(f"unknown layout {layout!r}; choose from {sorted(LAYOUT_NAMES)}")
+    if layout == "cifar":
+        from .cifar import CifarSource
         return CifarSource(root)
     if not root.is_dir():
         raise SourceError(f"{root}: source folder not found")
-    if layout == "auto":
-        if (root / "ILSVRC" / "Data" / "CLS-LOC").is_dir():
-            layout = "kaggle"
-        elif (root / ArchiveSource.TRAIN).is_file() or (root / ArchiveSource.VAL).is_file():
-            layout = "archives"
-        elif (root / "train").is_dir() or (root / "val").is_dir():
-            layout = "imagefolder"
-        else:
-            raise SourceError(f"{root}: cannot tell the layout: expected train/<wnid>/ folders, "
-                              f"ILSVRC/Data/CLS-LOC/, or {ArchiveSource.TRAIN}")
-    if layout not in LAYOUTS:
-        raise SourceError(f"unknown layout {layout!r}; choose from {sorted([*LAYOUTS, 'cifar'])}")
+    if layout == "tinyimagenet":
+        from .tinyimagenet import TinyImageNetSource
+        return TinyImageNetSource(root)
     return LAYOUTS[layout](root)
 
 

@@ -147,3 +147,56 @@ def demo_source(cache: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(root)
         tmp.rename(root)
     return root
+
+
+def write_tinyimagenet(root: str | os.PathLike, num_classes: int, train: int, val: int, test: int = 0,
+                       quirks: dict[tuple[str, int], str] | None = None, seed: int = 0,
+                       side: int = 64) -> dict[str, dict[str, str]]:
+    """Write Tiny ImageNet's download layout (see fastmix.data.tinyimagenet) with `side` px images.
+
+    `quirks` maps (split, class index) -> quirk kind: that class's first image there is a QUIRKS
+    file instead of a photo (a "gray" one at `side` px, like Tiny ImageNet's own). Val images of all classes are interleaved (val_0 is class 0, val_1 class 1, ...), as in
+    the download. Returns split -> {file path: wnid} of every train and val image written.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    wnids = class_wnids(num_classes)
+    at = dict(quirks or {})
+    labels: dict[str, dict[str, str]] = {"train": {}, "val": {}}
+
+    def image(split: str, label: int) -> bytes:
+        kind = at.pop((split, label), None)
+        if kind is None:
+            return jpeg_bytes(photo(rng, label, (side, side)))
+        if kind == "gray":
+            return jpeg_bytes(photo(rng, label, (side, side)).convert("L"))
+        return quirk_bytes(kind, rng, label)
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(wnids)))  # not sorted, as shipped
+    words = [f"{w}\tsynthetic {i}, tiny class {i}\n" for i, w in enumerate(wnids)]
+    (root / "words.txt").write_text("n00001740\tentity\n" + "".join(words) + "n99999999\tnot a class\n")
+    for label, wnid in enumerate(wnids):
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        boxes = []
+        for i in range(train):
+            path = folder / f"{wnid}_{i}.JPEG"
+            path.write_bytes(image("train", label))
+            labels["train"][str(path)] = wnid
+            boxes.append(f"{path.name}\t0\t0\t{side - 1}\t{side - 1}\n")
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(boxes))
+    (root / "val" / "images").mkdir(parents=True)
+    rows = []
+    for n in range(val * num_classes):
+        label = n % num_classes
+        path = root / "val" / "images" / f"val_{n}.JPEG"
+        path.write_bytes(image("val", label))
+        labels["val"][str(path)] = wnids[label]
+        rows.append(f"{path.name}\t{wnids[label]}\t1\t2\t{side - 2}\t{side - 3}\n")
+    (root / "val" / "val_annotations.txt").write_text("".join(rows))
+    if test:
+        (root / "test" / "images").mkdir(parents=True)
+        for n in range(test):
+            (root / "test" / "images" / f"test_{n}.JPEG").write_bytes(jpeg_bytes(photo(rng, n, (side, side))))
+    return labels
