@@ -85,7 +85,7 @@ class OpenCVLoader(BaseLoader):
         self.path = Path(cfg.data) / (info.get("beton") or f"ffcv/{cfg.split}.beton")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: not found; convert with --formats ffcv")
-        self.store = StoredImages(self.path)
+        self.store = StoredImages(self.path)  # opens it through check_beton: a cut file is refused
         super().__init__(cfg, len(self.store))
         self.threads = max(1, cfg.workers)
         self._pin = cfg.torch_device.type == "cuda"
