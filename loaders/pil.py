@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
@@ -21,14 +21,37 @@ from .common import MEAN, BaseLoader, LoaderConfig, manifest_split, normalize, r
 from .shardindex import ShardIndex
 
 
+def posterize(img: Image.Image, bits: int, **_) -> Image.Image:
+    """Keep the `bits` most significant bits; 0 bits is a black image. timm's severest posterize
+    asks for 0 bits (PosterizeIncreasing at magnitude 10, which mstd noise reaches; Posterize
+    below magnitude 2.5): Pillow <= 12 returned black there, as TF's and torchvision's do, and
+    Pillow 13 raises "bits must be between 1 and 8". This keeps timm's (and the reference
+    run's) augmentation, not a clamped 1-bit variant of it."""
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits)
+
+
+def timm_rand_augment(policy: str, image_size: int):
+    """timm's RandAugment, on the PIL crop, with the hparams timm's create_transform passes, its
+    posterize ops swapped for the one above (no patching of timm itself)."""
+    from timm.data.auto_augment import rand_augment_transform
+    ra = rand_augment_transform(policy, {"translate_const": int(image_size * 0.45),
+                                         "img_mean": tuple(round(255 * m) for m in MEAN)})
+    for op in ra.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize
+    return ra
+
+
 def pil_transform(cfg: LoaderConfig):
     if cfg.is_train:
         ops = [transforms.RandomResizedCrop(cfg.image_size, scale=cfg.scale, ratio=cfg.ratio)]
         ops += [transforms.RandomHorizontalFlip()] if cfg.hflip else []
-        if cfg.rand_augment:  # timm's, on the PIL crop, with the hparams timm's create_transform passes
-            from timm.data.auto_augment import rand_augment_transform
-            ops.append(rand_augment_transform(cfg.rand_augment, {
-                "translate_const": int(cfg.image_size * 0.45), "img_mean": tuple(round(255 * m) for m in MEAN)}))
+        if cfg.rand_augment:
+            ops.append(timm_rand_augment(cfg.rand_augment, cfg.image_size))
     else:
         ops = [transforms.Resize(cfg.resize_to), transforms.CenterCrop(cfg.image_size)]
     return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device
