@@ -76,14 +76,21 @@ class LoaderConfig:
         return torch.device(self.device)
 
 
-def require(module: str, extra: str):
-    """Import an optional backend package, or say which install provides it."""
+class MissingPackage(ImportError, ValueError):
+    """A backend's package is not installed. An ImportError for code that probes backends; a
+    ValueError so that the CLIs print its one line (the install command) with no traceback."""
+
+
+def require(module: str, extra: str, install: str | None = None, instead: str = ""):
+    """Import an optional backend package, or say which install provides it (`install`: the
+    command, default the fastmix extra) and, if given, what to use `instead`."""
     import importlib
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"this backend needs `{module}`, which is not installed: "
-                          f"pip install 'fastmix[{extra}]'") from e
+        install = install or f"pip install 'fastmix[{extra}]'"
+        raise MissingPackage(f"this backend needs `{module}`, which is not installed: {install}"
+                             + (f"; {instead}" if instead else "")) from e
 
 
 def parse_rand_augment(policy: str) -> dict:

@@ -108,7 +108,7 @@ def test_missing_and_corrupt_files_are_named(damaged):
     kw = {"batch_size": 4, "image_size": 32, "workers": 1}
     beton = damaged / "ffcv" / "train.beton"
     beton.write_bytes(beton.read_bytes()[:200])
-    with pytest.raises(ValueError, match="train.beton: not a readable .beton"):
+    with pytest.raises(ValueError, match=r"train.beton: (not a readable .beton|200 bytes, the manifest says)"):
         make_loader("ffcv", damaged, "train", **kw)
     beton.unlink()
     with pytest.raises(FileNotFoundError, match="train.beton: not found"):
@@ -129,8 +129,9 @@ def test_missing_and_corrupt_files_are_named(damaged):
 def test_missing_backend_package_is_named(flat_converted, monkeypatch):
     for module, backend in (("ffcv", "ffcv"), ("nvidia.dali", "dali")):
         monkeypatch.setitem(sys.modules, module, None)
-        with pytest.raises(ImportError, match=rf"needs `{module}`.*fastmix\[{backend}\]"):
+        with pytest.raises(ImportError, match=rf"needs `{module}`.*fastmix\[{backend}\]") as e:
             load(backend, flat_converted, "val")
+        assert isinstance(e.value, ValueError)  # the CLIs print it as one line
 
 
 def test_bad_options_are_refused(flat_converted):
