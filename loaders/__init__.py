@@ -43,4 +43,26 @@ def make_loader(backend: str, data: str, split: str = "train", batch_size: int =
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 
-__all__ = ["BACKENDS", "LoaderConfig", "make_loader"]
+# What each backend needs beyond torch: the modules whose import loads its compiled parts.
+# `import ffcv` loads ffcv._libffcv (and libturbojpeg, OpenCV's libraries); nvidia.dali.backend
+# is DALI's C++ library. opencv reads the .beton through ffcv's Reader.
+NEEDS = {"ffcv": ("ffcv", "ffcv.libffcv"), "opencv": ("cv2", "ffcv", "ffcv.libffcv"),
+         "dali": ("nvidia.dali", "nvidia.dali.backend"), "nvjpeg": ("torchvision.io",)}
+
+
+def unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run here, or None. Decided by importing its compiled parts, not by
+    finding the package: an ffcv whose extension or system library fails to load is unavailable,
+    with the import error as the reason. (`dali-gpu`/`dali-cpu` are DALI's decode devices.)"""
+    import importlib
+    name = "dali" if backend.startswith("dali") else backend.partition(":")[0].partition("@")[0]
+    for module in NEEDS.get(name, ()):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # ImportError, or OSError from a shared library ctypes cannot load
+            first = (str(e).splitlines() or [""])[0]
+            return f"{module} does not import ({type(e).__name__}: {first})"
+    return None
+
+
+__all__ = ["BACKENDS", "LoaderConfig", "make_loader", "unavailable"]

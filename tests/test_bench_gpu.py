@@ -15,18 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def smoke(out: Path, *extra: str) -> dict:
     run = subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out), *extra], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (out / "summary.md").is_file()
     return json.loads((out / "gpu.json").read_text())
 
 
 def test_smoke_run_measures_every_phase(tmp_path):
-    record = smoke(tmp_path, "--budget-s", "900")  # generous: CI machines are slow and shared
+    # every phase but `environment`: --phases without it works (the cost phase used to need it)
+    phases = "ceilings,matrix,memory,cost,loaders,t4_fit,end_to_end,compiled"
+    record = smoke(tmp_path, "--budget-s", "1500", "--phases", phases)  # generous: CI machines are slow and shared
     assert headline_problems(record) == []
     phases = record["phases"]
     assert [p["phase"] for p in record["plan"]] == list(phases)
-    for name in ("environment", "ceilings", "matrix", "cost", "loaders", "t4_fit", "end_to_end", "compiled"):
+    for name in ("ceilings", "matrix", "cost", "loaders", "t4_fit", "end_to_end", "compiled"):
         assert phases[name]["status"] == "ok", (name, phases[name])
     assert phases["memory"]["status"] == "skipped" and "CUDA" in phases["memory"]["reason"]
     cells = phases["matrix"]["result"]["cells"]
@@ -36,22 +38,21 @@ def test_smoke_run_measures_every_phase(tmp_path):
     assert phases["compiled"]["result"]["cells"][0]["compile_s"] > 0
     assert json.loads((tmp_path / "calibration.json").read_text())["efficiency"]
     assert phases["end_to_end"]["result"]["updates"] >= 6
-    assert all(r["fits"] for r in phases["t4_fit"]["result"]["rows"])
+    # the layout comes down from the matrix, so each t4_fit child compiles its model once (before:
+    # two compiled channels_last probes, then training: 3 graphs)
+    for row in phases["t4_fit"]["result"]["rows"]:
+        assert row["fits"] and row["compilations"] == 1 and row["layout_from"].startswith("matrix"), row
+    # no --images: every loader verdict says it was measured on synthetic JPEGs
+    loaders = phases["loaders"]["result"]
+    assert {"resident", "synthetic"} <= {r["backend"] for r in loaders["rows"]}
+    assert loaders["images"] == "synthetic" and all(r["images"] == "synthetic" for r in loaders["rows"])
+    assert all(f["images"] == "synthetic" for r in loaders["rows"] for f in r.get("feeds", {}).values())
     for chart in record["suite"]["charts"]:
         assert (tmp_path / chart).stat().st_size > 0
     assert {"matrix.png", "cost.png", "loaders.png"} <= set(record["suite"]["charts"])
     summary = (tmp_path / "summary.md").read_text()
     assert "## Training-step matrix" in summary and "## Loaders" in summary
-
-
-def test_a_short_budget_skips_late_phases_with_a_reason(tmp_path):
-    record = smoke(tmp_path, "--budget-s", "3")
-    assert headline_problems(record) == []
-    phases = record["phases"]
-    assert phases["environment"]["status"] == "ok"
-    skipped = [n for n, p in phases.items() if p["status"] == "skipped"]
-    assert "end_to_end" in skipped and "compiled" in skipped
-    assert all("would not fit" in phases[n]["reason"] or "CUDA" in phases[n]["reason"] for n in skipped)
+    assert "SYNTHETIC images" in summary and "synthetic: yes" in summary
 
 
 def test_a_phase_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
@@ -85,11 +86,10 @@ def test_images_convert_without_ffcv_on_a_bare_gpu_machine(tmp_path, monkeypatch
     phase that needs the converted photos."""
     from types import SimpleNamespace
 
-    from bench.gpu import runs
-    real = runs._importable
-    monkeypatch.setattr(runs, "_importable", lambda m: False if m == "ffcv" else real(m))
-    ctx = SimpleNamespace(data=None, images=None, smoke=True, work=tmp_path, repeat=2)
-    data = runs.prepare_data(ctx)
+    from bench.gpu import data as gpu_data
+    monkeypatch.setattr(gpu_data, "unavailable", lambda b: "ffcv does not import" if b == "ffcv" else None)
+    ctx = SimpleNamespace(data=None, images=None, small_images=None, smoke=True, work=tmp_path, repeat=2)
+    data = gpu_data.prepare_data(ctx)
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["splits"]["train"]["shards"] and not manifest["splits"]["train"]["beton"]
     assert not list(data.glob("ffcv/*.beton"))

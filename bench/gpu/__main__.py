@@ -1,38 +1,44 @@
 """GPU proof in one command: measure and exercise every GPU path of fastmix within a time budget.
 
-    python -m bench.gpu --out bench/results/gpu-<name> [--budget-s 420] [--images DIR] [--data DIR]
-    python -m bench.gpu --smoke --out /tmp/gpu-smoke     # the same code paths on a CPU, tiny, < 1 minute
+    python -m bench.gpu --out bench/results/gpu-<name> [--budget-s 420] [--images DIR] [--small-images DIR|TGZ]
+    python -m bench.gpu --smoke --out /tmp/gpu-smoke     # the same code paths on a CPU, tiny
+    python -m bench.gpu.lent --images DIR                # on a lent machine: results into $OUT (docs/gpu.md)
 
-Phases run in order of value; a phase that would overrun the budget is skipped with the reason.
-Writes OUT/gpu.json after every phase, and OUT/summary.md plus one PNG per chart at the end.
+Phases run in order of value; a phase that would not fit what is left of the budget is skipped
+with the reason, one still running at the deadline is stopped and recorded as `stopped at
+deadline` with what it measured. gpu.json and summary.md are written after every phase and on
+SIGTERM/SIGINT; the PNGs at the end. The plan and what each number means: docs/gpu.md.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+STARTED = time.monotonic()  # the budget counts from here: importing torch is part of the run
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from bench.gpu import report, runs, steps  # noqa: E402
-from bench.gpu.runner import Phase, Suite  # noqa: E402
+from bench.gpu import feed, report, runs, steps  # noqa: E402
+from bench.gpu.children import compile_cache_env  # noqa: E402
+from bench.gpu.runner import Phase, Suite, write_json  # noqa: E402
 
-# The plan: (phase, seconds on an H100, seconds for --smoke on a 2-core CPU). Sums: ~420 s and ~60 s.
+# The plan: (phase, seconds on an H200, seconds for --smoke on a 2-core CPU). Sums: 410 s and ~90 s.
 PHASES = [
     Phase("environment", steps.environment, 5, 2, "GPU, driver, CUDA/cuDNN, package versions, CPU, NVML"),
-    Phase("ceilings", steps.ceiling_phase, 10, 1, "8192^2 matmul in bf16 and fp16, 1 GiB device copy"),
-    Phase("matrix", steps.matrix, 70, 6, "3 variants x {NCHW, channels_last} x {bf16, fp16+GradScaler}, batch 64, 224 px"),
-    Phase("memory", steps.memory, 25, 1, "predicted training memory vs max_memory_allocated, 2 micro-batches"),
+    Phase("ceilings", steps.ceiling_phase, 5, 2, "8192^2 matmul in bf16 and fp16, 1 GiB device copy"),
+    Phase("matrix", steps.matrix, 60, 6, "3 variants x {NCHW, channels_last} x {bf16, fp16+GradScaler}, batch 64, 224 px"),
+    Phase("memory", steps.memory, 20, 1, "predicted training memory (less the CUDA context) vs max_memory_allocated"),
     Phase("cost", steps.cost, 10, 3, "calibrate on one cell, predict the others, write calibration.json"),
-    Phase("loaders", runs.loaders, 50, 15, "nvJPEG (torchvision, DALI mixed) and CPU loaders vs training rates"),
-    Phase("t4_fit", runs.t4_fit, 120, 12, "the t4 recipe with torch capped at a T4's 15 GB: fits or OOM, peak reserved, img/s"),
-    Phase("end_to_end", runs.end_to_end, 70, 12, ">= 100 updates of 768/32 via tools/train.py, NVML, loader wait"),
-    Phase("compiled", steps.compiled, 60, 15, "torch.compile of each variant's faster eager cell"),
+    Phase("loaders", feed.loaders, 60, 30, "every loader that imports here, one child each, vs training rates", True),
+    Phase("t4_fit", runs.t4_fit, 120, 20, "the t4 recipe with torch capped at a T4's 15 GB: fits or OOM, peak reserved, img/s", True),
+    Phase("end_to_end", runs.end_to_end, 70, 15, ">= 100 updates of 768/32 via tools/train.py, NVML over steady steps, loader wait", True),
+    Phase("compiled", steps.compiled, 60, 10, "torch.compile of each variant's faster eager cell"),
 ]
 VARIANTS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
 
@@ -44,8 +50,11 @@ class Context:
     smoke: bool
     images: str | None = None
     data: str | None = None
-    repeat: int = 4
+    repeat: int = 10
+    small_images: str | None = None
     results: dict = field(default_factory=dict)
+    partial: dict = field(default_factory=dict)  # what the running phase has measured so far
+    deadline: float | None = None                # the running phase's, in time.monotonic() seconds
 
     def __post_init__(self):
         self.work = self.out / "work"
@@ -60,7 +69,17 @@ class Context:
         self.fit_updates, self.e2e_updates = (2, 6) if tiny else (3, 100)
 
     def write_json(self, name: str, obj) -> None:
-        (self.out / name).write_text(json.dumps(obj, indent=1) + "\n")
+        write_json(self.out / name, obj)
+
+
+def outputs(out: Path):
+    """gpu.json and summary.md from the record as it stands (after every phase, and on a stop)."""
+    def write(record: dict) -> None:
+        write_json(out / "gpu.json", record)
+        tmp = out / "summary.md.tmp"
+        tmp.write_text(report.summary_markdown(record))
+        os.replace(tmp, out / "summary.md")
+    return write
 
 
 def main(argv=None) -> int:
@@ -69,10 +88,20 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, help="wall-clock budget (default 420; 60 with --smoke)")
     p.add_argument("--images", help="flat folder of real <wnid>_*.JPEG photos (converted here)")
     p.add_argument("--data", help="an already converted folder (train + val) instead of --images")
-    p.add_argument("--repeat", type=int, default=4, help="--images: each photo is linked this many times")
+    p.add_argument("--small-images", help="64 px <wnid>_*.JPEG photos (a folder, or a Tiny ImageNet .tar.gz) "
+                                          "for the loader rows at 64 px")
+    p.add_argument("--repeat", type=int, default=10, help="--images: each photo is linked this many times "
+                                                          "(9 train copies, 1 val)")
     p.add_argument("--smoke", action="store_true", help="the same code paths on the CPU with tiny sizes")
     p.add_argument("--phases", help="comma-separated subset of: " + ", ".join(ph.name for ph in PHASES))
     a = p.parse_args(argv)
+    for flag, path in (("--images", a.images), ("--small-images", a.small_images), ("--data", a.data)):
+        if path and not Path(path).exists():
+            print(f"bench.gpu: {flag} {path}: not found", file=sys.stderr)
+            return 2
+    if a.repeat < 2:
+        print(f"bench.gpu: --repeat {a.repeat}: at least 2 (one copy goes to val)", file=sys.stderr)
+        return 2
     if not a.smoke and not torch.cuda.is_available():
         print("bench.gpu: no CUDA device here; use --smoke for the CPU run", file=sys.stderr)
         return 2
@@ -87,15 +116,20 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True  # fixed shapes: what training runs with
     device = torch.device("cpu" if a.smoke else "cuda")
     out = Path(a.out)
-    ctx = Context(out, device, a.smoke, a.images, a.data, a.repeat)
-    budget = a.budget_s if a.budget_s is not None else (60.0 if a.smoke else 420.0)
-    record = Suite([ph for ph in PHASES if ph.name in wanted], ctx, out, budget, a.smoke).run()
-    (out / "summary.md").write_text(report.summary_markdown(record))
+    ctx = Context(out, device, a.smoke, a.images, a.data, a.repeat, a.small_images)
+    os.environ.update(compile_cache_env(ctx.work))  # the parent's compiles share the children's cache
+    budget = a.budget_s if a.budget_s is not None else (120.0 if a.smoke else 420.0)
+    left = budget - (time.monotonic() - STARTED)
+    suite = Suite([ph for ph in PHASES if ph.name in wanted], ctx, out, left, a.smoke, write=outputs(out),
+                  reserve_s=min(15.0, 0.1 * budget))  # for the charts and the last writes
+    suite.record["suite"]["budget_s"] = budget
+    record = suite.run()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second TERM while drawing charts ends the run
     record["suite"]["charts"] = report.charts(record, out)
-    ctx.write_json("gpu.json", record)
+    outputs(out)(record)
     print("\n".join(report.phase_table(record)))
     print(f"wrote {out / 'gpu.json'}, {out / 'summary.md'} and {', '.join(record['suite']['charts']) or 'no charts'}")
-    return 0
+    return 128 + suite.signum if suite.signum else 0
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ def table(rows: list[dict], cols: list[tuple[str, str]]) -> list[str]:
 def phase_table(record: dict) -> list[str]:
     rows = []
     for name, e in record["phases"].items():
-        head = e.get("result", {}).get("headline", {}) if e["status"] == "ok" else {}
+        head = e.get("result", {}).get("headline", {}) if e.get("status") == "ok" else {}
         note = ", ".join(f"{k} {_fmt(v)}" for k, v in head.items()) or e.get("reason") or e.get("error", "")
-        rows.append({"phase": name, "status": e["status"], "planned_s": e.get("estimate_s"),
+        rows.append({"phase": name, "status": e.get("status", "running"), "planned_s": e.get("estimate_s"),
                      "took_s": e.get("duration_s"), "note": note[:160]})
     return table(rows, [("phase", "phase"), ("status", "status"), ("planned s", "planned_s"), ("took s", "took_s"),
                         ("headline / reason", "note")])
@@ -60,13 +60,7 @@ def summary_markdown(record: dict) -> str:
             ("model", "model"), ("layout", "layout"), ("precision", "precision"), ("measured s", "measured_s"),
             ("predicted s", "predicted_s"), ("error", "error"), ("uncalibrated error", "uncalibrated_error")]), ""]
     if ph.get("loaders", {}).get("status") == "ok":
-        res = ph["loaders"]["result"]
-        rows = [{**r, "feeds": "; ".join(f"{m}: {'yes' if f['can_feed'] else 'no'} ({f['cores_needed']} cores)"
-                                         for m, f in r.get("feeds", {}).items())} for r in res["rows"]]
-        lines += [f"## Loaders ({res['cores']} cores) against the training rates", "", *table(rows, [
-            ("backend", "backend"), ("img/s", "images_per_s"), ("cores used", "cpu_cores_used"),
-            ("first epoch s", "first_epoch_s"), ("can it feed (cores needed)", "feeds"), ("error", "error")]), ""]
-        lines += [f"Skipped: {b}: {why}" for b, why in res["skipped_backends"].items()] + [""]
+        lines += loader_lines(ph["loaders"]["result"])
     if ph.get("t4_fit", {}).get("status") == "ok":
         lines += ["## T4 fit (torch capped at 15 GB, a T4 less its context; fp16 + GradScaler, the t4 recipe)", "", *table(ph["t4_fit"]["result"]["rows"], [
             ("model", "model"), ("fits", "fits"), ("micro-batch", "micro_batch"), ("accum", "accum_steps"),
@@ -74,12 +68,12 @@ def summary_markdown(record: dict) -> str:
     if ph.get("end_to_end", {}).get("status") == "ok":
         r = ph["end_to_end"]["result"]
         tel = r.get("telemetry", {})
-        lines += ["## End to end (tools/train.py)", "",
+        lines += [f"## End to end (tools/train.py, {r.get('images', '?')} images)", "",
                   f"{r['model']}: {r.get('updates')} updates, backend {r.get('backend')}, channels_last "
                   f"{r.get('channels_last')}, compile {_fmt(r.get('compile_s'))} s; step log median "
                   f"{_fmt(r.get('step_images_per_s'))} img/s, MFU {_fmt(r.get('step_mfu'))}, loader-wait share "
                   f"{_fmt(r.get('loader_wait_share'))}.",
-                  "NVML: " + (", ".join(f"{k} {_fmt(v.get('median'))}" for k, v in tel.items() if isinstance(v, dict)
+                  f"NVML over the steady steps ({tel.get('samples', 0)} samples in {_fmt(tel.get('window_s'))} s): " + (", ".join(f"{k} {_fmt(v.get('median'))}" for k, v in tel.items() if isinstance(v, dict)
                                         and "median" in v) or tel.get("reason", "no samples")), ""]
     lines += ["## How to read this", "",
               "Each phase is measured, skipped with its reason (budget, missing package, no CUDA), or failed with "
@@ -87,6 +81,24 @@ def summary_markdown(record: dict) -> str:
               "catalog's dense peak, and over the matmul ceiling measured here. Cost-model errors are "
               "predicted / measured - 1.", ""]
     return "\n".join(lines)
+
+
+def loader_lines(res: dict) -> list[str]:
+    """The loaders against the training rates; every verdict names the images it was measured on."""
+    synthetic = res.get("images") == "synthetic"
+    label = "SYNTHETIC images: 160x120 JPEGs, several times cheaper to decode than photos; " \
+            "the verdicts are labelled synthetic" if synthetic else f"{res.get('images', '?')}"
+    rows = [{**r, "feeds": "; ".join(f"{m}: {'synthetic: ' if synthetic else ''}{'yes' if f['can_feed'] else 'no'} "
+                                     f"({f['cores_needed']} cores)" for m, f in r.get("feeds", {}).items())}
+            for r in res["rows"]]
+    cols = [("backend", "backend"), ("img/s", "images_per_s"), ("cores used", "cpu_cores_used"),
+            ("first epoch s", "first_epoch_s"), ("can it feed (cores needed)", "feeds"), ("error", "error")]
+    lines = [f"## Loaders ({res['cores']} cores) against the training rates ({label})", "", *table(rows, cols), ""]
+    lines += [f"Skipped: {b}: {why}" for b, why in res["skipped_backends"].items()] + [""]
+    if res.get("small_rows"):
+        lines += [f"### At 64 px ({res['small_rows'][0].get('images', '?')} images)", "",
+                  *table(res["small_rows"], cols[:4] + cols[5:]), ""]
+    return lines
 
 
 def charts(record: dict, out: Path) -> list[str]:

@@ -1,37 +1,85 @@
-"""Budget-aware phases: run in order of value, skip what would not fit, keep what was measured.
+"""Budget-aware phases: run in order of value, skip what would not fit, stop what overruns.
 
-Before each phase the clock is checked against its estimate; a phase that would overrun the
-budget is recorded as skipped with the reason. A phase that raises is recorded with its
-traceback and the run goes on. `gpu.json` is rewritten after every phase (atomically), so an
-interrupted run keeps everything it measured.
+Before each phase the clock is checked against its planned time; a phase that would not fit what
+is left of the budget is recorded as skipped with the reason. A phase runs under a deadline (the
+budget's end, less a reserve for writing the outputs): past it, SIGALRM stops the phase, which is
+recorded as `stopped at deadline` with whatever it had measured (`ctx.partial`). SIGTERM and
+SIGINT stop the running phase the same way and end the run. A phase that raises is recorded with
+its traceback and the run goes on. The outputs (`write(record)`) are rewritten after every phase
+and once more on a stop, so an interrupted run keeps everything it measured.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
+STOPPED_AT_DEADLINE = "stopped at deadline"
+
+
+class Stop(BaseException):
+    """Raised in the main thread by a signal. A BaseException, so a phase's own `except Exception`
+    (one failed cell, one failed loader) does not swallow it."""
+
+    def __init__(self, why: str, signum: int | None = None):
+        super().__init__(why)
+        self.why, self.signum = why, signum
 
 
 @dataclass(frozen=True)
 class Phase:
     name: str
     run: Callable            # run(ctx) -> dict with a "headline" of positive measured numbers
-    estimate_s: float        # planned seconds on an H100 (the plan in README)
+    estimate_s: float        # planned seconds on an H200 (the plan in docs/gpu.md)
     smoke_estimate_s: float  # planned seconds for --smoke on a 2-core CPU
     what: str                # one line for the summary
+    children: bool = False   # runs child processes: the parent frees its CUDA memory first
+
+
+def free_device_memory() -> None:
+    """Hand the parent's cached CUDA blocks back before a child process needs the GPU."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def stop_signals():
+    """SIGALRM (the deadline), SIGTERM and SIGINT raise Stop in the main thread while entered."""
+    def deadline(signum, frame):
+        raise Stop(STOPPED_AT_DEADLINE)
+
+    def interrupted(signum, frame):
+        raise Stop(f"stopped by {signal.Signals(signum).name}", signum)
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGALRM, deadline), (signal.SIGTERM, interrupted),
+                                               (signal.SIGINT, interrupted))}
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class Suite:
-    def __init__(self, phases: list[Phase], ctx, out: Path, budget_s: float, smoke: bool):
+    def __init__(self, phases: list[Phase], ctx, out: Path, budget_s: float, smoke: bool,
+                 write: Callable[[dict], None] | None = None, reserve_s: float | None = None):
         self.phases, self.ctx, self.out = phases, ctx, Path(out)
         self.budget_s, self.smoke = budget_s, smoke
+        self.write = write or self._write_json
+        # time kept back at the end for summary.md and the charts
+        self.reserve_s = reserve_s if reserve_s is not None else min(10.0, 0.05 * budget_s)
+        self.signum: int | None = None
         self.record = {"suite": {"budget_s": budget_s, "smoke": smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                        "plan": [{"phase": p.name, "estimate_s": self.estimate(p), "what": p.what} for p in phases],
                        "phases": {}}
@@ -42,39 +90,68 @@ class Suite:
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        end = start + self.budget_s - self.reserve_s
         self.ctx.results = self.record["phases"]
-        for phase in self.phases:
-            left = self.budget_s - (time.perf_counter() - start)
-            if self.estimate(phase) > left:
-                self._save(phase.name, {"status": "skipped", "estimate_s": self.estimate(phase),
-                                        "reason": f"would not fit: planned {self.estimate(phase):.0f} s, "
-                                                  f"{max(0.0, left):.0f} s of the {self.budget_s:.0f} s budget left"})
-                continue
-            t0 = time.perf_counter()
-            with tqdm(total=1, desc=f"{phase.name:<12}", bar_format="{desc} {elapsed} {postfix}", disable=None) as bar:
+        with stop_signals():
+            for phase in self.phases:
                 try:
-                    result = phase.run(self.ctx)
-                    entry = ({"status": "skipped", "reason": result["skipped"]} if "skipped" in result
-                             else {"status": "ok", "result": result})
-                except Exception as e:  # recorded, and the next phase still runs
-                    entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-                bar.set_postfix_str(entry["status"])
-                bar.update()
-            entry.update(duration_s=round(time.perf_counter() - t0, 2), estimate_s=self.estimate(phase))
-            self._save(phase.name, entry)
-        self.record["suite"]["total_s"] = round(time.perf_counter() - start, 2)
-        self._write()
+                    self._run_phase(phase, end)
+                except Stop as s:  # a signal between phases (while saving): the run still ends well
+                    self.signum = s.signum if s.signum else self.signum
+                if self.signum:
+                    break
+            self.record["suite"]["total_s"] = round(time.perf_counter() - start, 2)
+            if self.signum:
+                self.record["suite"]["stopped_by"] = signal.Signals(self.signum).name
+            self._save_all()
         return self.record
+
+    def _run_phase(self, phase: Phase, end: float) -> None:
+        left = end - time.perf_counter()
+        if self.estimate(phase) > left:
+            self._save(phase.name, {"status": "skipped", "estimate_s": self.estimate(phase),
+                                    "reason": f"would not fit: planned {self.estimate(phase):.0f} s, "
+                                              f"{max(0.0, left):.0f} s of the {self.budget_s:.0f} s budget left"})
+            return
+        if phase.children:
+            free_device_memory()
+        t0 = time.perf_counter()
+        self.ctx.deadline, self.ctx.partial = time.monotonic() + (end - t0), {}
+        print(f"{phase.name:<12} planned {self.estimate(phase):.0f} s, limit {end - t0:.0f} s", flush=True)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(0.01, end - time.perf_counter()))
+            result = phase.run(self.ctx)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            entry = ({"status": "skipped", "reason": result["skipped"]} if "skipped" in result
+                     else {"status": "ok", "result": result})
+        except Stop as s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.signum = s.signum
+            entry = {"status": "stopped", "reason": f"{s.why} after {time.perf_counter() - t0:.0f} s "
+                                                    f"(limit {end - t0:.0f} s)", "partial": self.ctx.partial}
+        except Exception as e:  # recorded, and the next phase still runs
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            entry = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        entry.update(duration_s=round(time.perf_counter() - t0, 2), estimate_s=self.estimate(phase))
+        print(f"{phase.name:<12} {entry['status']} in {entry['duration_s']:.1f} s", flush=True)
+        self._save(phase.name, entry)
 
     def _save(self, name: str, entry: dict) -> None:
         self.record["phases"][name] = entry
-        self._write()
+        self._save_all()
 
-    def _write(self) -> None:
-        path = self.out / "gpu.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record, indent=1, default=_jsonable) + "\n")
-        os.replace(tmp, path)
+    def _save_all(self) -> None:
+        self.write(self.record)
+
+    def _write_json(self, record: dict) -> None:
+        write_json(self.out / "gpu.json", record)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically: a reader (or a kill) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+    os.replace(tmp, path)
 
 
 def _jsonable(x):
@@ -85,7 +162,7 @@ def _jsonable(x):
 
 def headline_problems(record: dict) -> list[str]:
     """What is wrong with a suite record: a phase that is neither measured (a non-empty headline of
-    positive, finite numbers) nor skipped with a reason nor an error with its traceback."""
+    positive, finite numbers) nor skipped or stopped with a reason nor an error with its traceback."""
     problems = []
     for name, entry in record["phases"].items():
         status = entry.get("status")
@@ -96,9 +173,11 @@ def headline_problems(record: dict) -> list[str]:
             for key, value in head.items():
                 if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                     problems.append(f"{name}: headline {key} = {value!r} is not a positive finite number")
-        elif status == "skipped":
+        elif status in ("skipped", "stopped"):
             if not entry.get("reason"):
-                problems.append(f"{name}: skipped without a reason")
+                problems.append(f"{name}: {status} without a reason")
+            if status == "stopped" and not isinstance(entry.get("partial"), dict):
+                problems.append(f"{name}: stopped without its partial record")
         elif status == "error":
             if "Traceback" not in entry.get("traceback", ""):
                 problems.append(f"{name}: error without a traceback")

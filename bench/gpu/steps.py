@@ -14,7 +14,8 @@ from fastmix.devices.catalog import load_catalog, lookup
 from fastmix.devices.ceilings import ceilings, sync
 from fastmix.devices.environment import describe
 from fastmix.model.flops import convmixer_ops, totals
-from fastmix.perf.cost import Efficiency, predict_step, training_memory_gb
+from fastmix.perf.cost import Efficiency, predict_step
+from fastmix.perf.memory import allocator_visible_gb
 from fastmix.perf.profiler import ProfileSpec, build_step, calibrate, op_breakdown, time_steps
 
 LAYOUTS = {"nchw": "off", "channels_last": "on"}
@@ -66,6 +67,8 @@ def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = 
     step()  # pays compilation (and cuDNN autotuning) once
     sync(ctx.device)
     first_s = time.perf_counter() - t0
+    if ctx.device.type == "cuda":  # autotuning tries workspaces the steps never use again
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     times, _ = time_steps(step, ctx.device, ctx.steps, ctx.warmup)
     median = statistics.median(times)
     qs = statistics.quantiles(times, n=10) if len(times) > 1 else [median] * 9
@@ -87,7 +90,7 @@ def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = 
 
 
 def _cells(ctx, compile_: bool, which) -> list[dict]:
-    out = []
+    out = ctx.partial.setdefault("cells", [])  # a phase stopped at its deadline keeps these
     for model, layout, precision in which:
         try:
             out.append(measure_cell(ctx, model, layout, precision, compile_))
@@ -126,7 +129,9 @@ def compiled(ctx) -> dict:
     which = [(c["model"], c["layout"], c["precision"]) for m in ctx.variants if (c := fastest_eager(ctx, m))]
     if not which:
         return {"skipped": "no eager cell was measured (matrix phase skipped or failed)"}
-    cells = _cells(ctx, True, which)
+    from .capped import compile_backend
+    with compile_backend("aot_eager" if ctx.smoke else None):  # inductor's C++ takes minutes on a small CPU
+        cells = _cells(ctx, True, which)
     for c in measured(cells):
         eager = fastest_eager(ctx, c["model"])
         c["speedup_vs_eager"] = eager["median_s"] / c["median_s"]
@@ -134,16 +139,18 @@ def compiled(ctx) -> dict:
 
 
 def memory(ctx) -> dict:
-    """fastmix's training-memory model against torch.cuda.max_memory_allocated, two micro-batches."""
+    """fastmix's training-memory model against torch.cuda.max_memory_allocated, two micro-batches: the
+    model less the CUDA context (the allocator never sees it), the peak taken after the first,
+    autotuning step."""
     if ctx.device.type != "cuda":
         return {"skipped": "max_memory_allocated needs a CUDA device"}
-    rows = []
+    rows = ctx.partial.setdefault("rows", [])
     for model in ctx.variants:
         for batch in (ctx.batch, ctx.batch // 2):
             cell = measure_cell(ctx, model, "channels_last", "fp16", batch=batch) if batch > 1 else None
             if not cell or "peak_memory_gb" not in cell:
                 continue
-            predicted = training_memory_gb(model, batch, "fp16", ctx.image_size)
+            predicted = allocator_visible_gb(model, batch, "fp16", ctx.image_size)
             rows.append({"model": model, "micro_batch": batch, "precision": "fp16", "measured_gb": cell["peak_memory_gb"],
                          "predicted_gb": predicted, "error": predicted / cell["peak_memory_gb"] - 1})
     worst = max((abs(r["error"]) for r in rows), default=None)
@@ -165,15 +172,17 @@ def cost(ctx) -> dict:
     breakdown = op_breakdown(step, ctx.device)
     del step
     eff = calibrate({"spec": spec.__dict__, "precision": anchor["precision"], "breakdown_s": breakdown,
-                     "median_s": anchor["median_s"]}, gpu)
+                     "median_s": anchor["median_s"], "channels_last": anchor["layout"] == "channels_last"}, gpu)
     rows = []
     for c in cells:
-        predicted = predict_step(c["model"], c["batch"], c["precision"], gpu, eff, ctx.image_size)["step_s"]
-        uncal = predict_step(c["model"], c["batch"], c["precision"], gpu, Efficiency(), ctx.image_size)["step_s"]
+        cl = c["layout"] == "channels_last"  # the cost model's layout term, as measured
+        predicted = predict_step(c["model"], c["batch"], c["precision"], gpu, eff, ctx.image_size, channels_last=cl)["step_s"]
+        uncal = predict_step(c["model"], c["batch"], c["precision"], gpu, Efficiency(), ctx.image_size,
+                             channels_last=cl)["step_s"]
         rows.append({"model": c["model"], "layout": c["layout"], "precision": c["precision"], "measured_s": c["median_s"],
                      "predicted_s": predicted, "error": predicted / c["median_s"] - 1,
                      "uncalibrated_error": uncal / c["median_s"] - 1, "calibration": c is anchor})
-    calibration = {"environment": ctx.results["environment"].get("result", {}), "catalog_entry": gpu.key,
+    calibration = {"environment": ctx.results.get("environment", {}).get("result", {}), "catalog_entry": gpu.key,
                    "efficiency": eff.values, "overhead_per_op_s": eff.overhead_per_op_s, "calibrated_on": eff.source,
                    "breakdown_s": breakdown, "predictions": rows}
     ctx.write_json("calibration.json", calibration)

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+WARMUP_S = 0.2  # seconds of work before a ceiling is timed
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -19,10 +20,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> float:
-    """Median wall seconds of `fn()` after `warmup` calls, the device synchronized around each."""
-    for _ in range(warmup):
+def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2, warmup_s: float = 0.0) -> float:
+    """Median wall seconds of `fn()` after `warmup` calls and at least `warmup_s` seconds of calls
+    (clocks ramp up, caches fill), the device synchronized around each timed call."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t0 < warmup_s:
         fn()
+        done += 1
+        if done >= warmup:
+            sync(device)  # the warm-up's time is the device's, not the queue's
     times = []
     for _ in range(reps):
         sync(device)
@@ -34,15 +41,16 @@ def median_seconds(fn, device: torch.device, reps: int = 5, warmup: int = 2) -> 
 
 
 def ceilings(device: torch.device, precision: str, n: int | None = None, nbytes: int | None = None) -> dict:
-    """Median of 10 repeats after warm-up, on random data. Defaults: an 8192^2 matmul and a 1 GiB
-    copy on CUDA; 1024^2 and 128 MiB on a CPU."""
+    """Median of 10 repeats after >= 200 ms of warm-up each (a GPU idling at low clocks needs that to
+    reach its boost clock), on random data. Defaults: an 8192^2 matmul and a 1 GiB copy on CUDA;
+    1024^2 and 128 MiB on a CPU."""
     n = n or (8192 if device.type == "cuda" else 1024)
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
     a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
     src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).fill_(1)
     dst = torch.empty_like(src)
-    mm = median_seconds(lambda: a @ b, device, reps=10, warmup=1)
-    cp = median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1)
+    mm = median_seconds(lambda: a @ b, device, reps=10, warmup=1, warmup_s=WARMUP_S)
+    cp = median_seconds(lambda: dst.copy_(src), device, reps=10, warmup=1, warmup_s=WARMUP_S)
     return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "matmul_n": n, "matmul_dtype": precision,
             "copy_gbs": 2 * nbytes / cp / 1e9, "copy_bytes": nbytes}
 

@@ -166,19 +166,27 @@ class Telemetry:
         if self._thread is not None:
             self._thread.join()
 
-    def summary(self) -> dict:
+    def summary(self, windows: list[tuple[float, float]] | None = None) -> dict:
+        """Median, min and max of each metric; with `windows` ((start, end) in time.monotonic()
+        seconds), over the samples inside them only: the steady training steps, not start-up,
+        compilation, evaluation or checkpointing."""
         if not self.available:
             return {"available": False, "reason": self.reason}
-        out = {"available": True, "samples": len(self.samples), "found_by": self.found_by,
+        samples = self.samples if windows is None else \
+            [s for s in self.samples if any(t0 <= s["t"] <= t1 for t0, t1 in windows)]
+        out = {"available": True, "samples": len(samples), "found_by": self.found_by,
                "unsupported": dict(self.unsupported)}
+        if windows is not None:
+            out.update(windowed=True, samples_all=len(self.samples),
+                       window_s=round(sum(t1 - t0 for t0, t1 in windows), 3))
         if self.error:
             out["error"] = self.error
         for key in METRICS:
-            values = [s[key] for s in self.samples if key in s]
+            values = [s[key] for s in samples if key in s]
             if key == "throttle" or not values:
                 continue
             out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        throttled = [s["throttle"] for s in self.samples if "throttle" in s]
+        throttled = [s["throttle"] for s in samples if "throttle" in s]
         if throttled:
             seen: dict[str, int] = {}
             for names in throttled:

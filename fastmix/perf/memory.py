@@ -63,6 +63,14 @@ def device_training_memory(model: str | ConvMixerConfig, micro_batch: int, preci
     return parts
 
 
+def allocator_visible_gb(model: str | ConvMixerConfig, micro_batch: int, precision: str, image_size: int = 224,
+                         **extras) -> float:
+    """The part of device_training_memory that torch's allocator holds, in GB: everything but the
+    CUDA context, which `torch.cuda.max_memory_allocated` never sees (workspaces it does see)."""
+    parts = device_training_memory(model, micro_batch, precision, image_size, **extras)
+    return (parts["total"] - parts["cuda_context"]) / GB
+
+
 def largest_micro_batch(model: str | ConvMixerConfig, gpu: Device, precision: str, batch: int = 64,
                         image_size: int = 224, **extras) -> int:
     """The largest power-of-two micro-batch dividing `batch` whose device training memory

@@ -27,6 +27,7 @@ from fastmix.model.flops import convmixer_ops, totals, training_memory_bytes
 from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
+from fastmix.train.trainer import LOADER_DTYPE
 
 from .cost import CLASSES, DEFAULT_EFFICIENCY, Efficiency, num_ops, predict_step
 
@@ -55,10 +56,14 @@ def build_step(spec: ProfileSpec, device: torch.device, config=None):
                                                         spec.batch, spec.image_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    optimizer = build_optimizer(model, TrainConfig(), lr=1e-3)
+    # fused AdamW on CUDA, as the trainer steps there (one kernel instead of a loop over tensors)
+    optimizer = build_optimizer(model, TrainConfig(), lr=1e-3, fused=device.type == "cuda")
     scaler = speed.grad_scaler(precision, device)
     net = speed.compile_model(model, spec.compile)
-    x = torch.randn(spec.batch, 3, spec.image_size, spec.image_size, device=device).contiguous(memory_format=fmt)
+    # the dtype the trainer's loaders hand over: a compiled graph traced on it is the one training reuses
+    dtype = getattr(torch, LOADER_DTYPE[precision])
+    x = torch.randn(spec.batch, 3, spec.image_size, spec.image_size, device=device, dtype=dtype
+                    ).contiguous(memory_format=fmt)
     y = torch.randint(0, spec.num_classes, (spec.batch,), device=device)
 
     def step():

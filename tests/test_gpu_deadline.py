@@ -1,0 +1,157 @@
+"""bench.gpu on one short loan (issue 20): a deadline that holds for phases and children, outputs
+written on every phase and on SIGTERM, children that keep a carried PYTHONPATH, loaders decided
+by importing their compiled parts, NVML over the steady steps only, and the lent command."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench.gpu.children import ROOT, child_env, run_child
+from bench.gpu.runner import Phase, Suite, headline_problems
+
+
+def slow_phase(ctx):
+    """Measures one number every 50 ms, for ever."""
+    ctx.partial["measured"] = []
+    while True:
+        ctx.partial["measured"].append(1.0)
+        time.sleep(0.05)
+
+
+def test_a_phase_past_the_deadline_is_stopped_with_what_it_measured(tmp_path):
+    ctx = SimpleNamespace(work=tmp_path)
+    phases = [Phase("first", lambda c: {"headline": {"x": 1.0}}, 0.1, 0.1, ""), Phase("slow", slow_phase, 0.1, 0.1, ""),
+              Phase("late", lambda c: {"headline": {"x": 1.0}}, 0.1, 0.1, "")]
+    t0 = time.perf_counter()
+    record = Suite(phases, ctx, tmp_path, budget_s=1.5, smoke=True, reserve_s=0).run()
+    assert time.perf_counter() - t0 < 2.5  # before the fix: never returns
+    slow = record["phases"]["slow"]
+    assert slow["status"] == "stopped" and slow["reason"].startswith("stopped at deadline"), slow
+    assert len(slow["partial"]["measured"]) >= 5
+    assert record["phases"]["late"]["status"] == "skipped"
+    assert headline_problems(record) == []
+    on_disk = json.loads((tmp_path / "gpu.json").read_text())
+    assert on_disk["phases"]["slow"]["status"] == "stopped"
+
+
+def test_a_child_past_the_deadline_is_killed_and_the_phase_stopped(tmp_path):
+    def child_phase(ctx):
+        run_child(ctx, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        return {"headline": {"x": 1.0}}
+    ctx = SimpleNamespace(work=tmp_path)
+    t0 = time.perf_counter()
+    record = Suite([Phase("child", child_phase, 0.1, 0.1, "")], ctx, tmp_path, budget_s=2, smoke=True, reserve_s=0).run()
+    assert time.perf_counter() - t0 < 8
+    assert record["phases"]["child"]["reason"].startswith("stopped at deadline")
+
+
+def test_children_keep_a_carried_pythonpath(tmp_path):
+    env = child_env(tmp_path, {"PYTHONPATH": "/carried/site"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/carried/site"]
+    assert env["TORCHINDUCTOR_CACHE_DIR"] and env["TRITON_CACHE_DIR"].startswith(env["TORCHINDUCTOR_CACHE_DIR"])
+    ctx = SimpleNamespace(work=tmp_path)
+    os.environ["PYTHONPATH"] = str(tmp_path / "carried")  # what a lent machine's session carries
+    try:
+        code, out = run_child(ctx, "path", [sys.executable, "-c", "import sys; print(sys.path[1:3])"])
+    finally:
+        del os.environ["PYTHONPATH"]
+    assert code == 0 and str(tmp_path / "carried") in out and str(ROOT) in out
+
+
+BROKEN_FFCV = {"ffcv/__init__.py": "from . import libffcv\n",
+               "ffcv/libffcv.py": "raise OSError('libturbojpeg.so.0: cannot open shared object file')\n"}
+
+
+def test_an_ffcv_whose_extension_fails_to_import_is_one_skipped_row(tmp_path):
+    """The package is found (find_spec), its compiled part does not load: before the fix ffcv and
+    opencv were measured (and failed), and the conversion asked for a .beton."""
+    for name, text in BROKEN_FFCV.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    code = ("from types import SimpleNamespace as N; from bench.gpu import feed, data; import json; "
+            "b, s = feed.loader_backends(N(device=N(type='cuda'))); print(json.dumps([b, s, data.beton_formats()]))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+    assert run.returncode == 0, run.stderr[-2000:]
+    backends, skipped, formats = json.loads(run.stdout.splitlines()[-1])
+    assert "ffcv" not in backends and "opencv" not in backends and formats == "wds"
+    assert "libturbojpeg.so.0" in skipped["ffcv"] and "OSError" in skipped["ffcv"]
+    assert {"nvjpeg", "pil-wds", "resident", "synthetic"} <= set(backends)
+
+
+def test_nvml_summaries_cover_only_the_steady_steps():
+    from bench.gpu.steady import steady_windows
+    from fastmix.devices.telemetry import Telemetry
+    # step lines at t = 10..14 (epoch 0, updates 10..50) and 20..21 (epoch 1): 20 -> 21 is steady,
+    # 14 -> 20 spans the evaluation, 10 -> 11 is before a fifth of the updates
+    lines = [(10 + k, {"epoch": 0, "update": 10 * (k + 1)}) for k in range(5)] + \
+            [(20, {"epoch": 1, "update": 60}), (21, {"epoch": 1, "update": 70})]
+    windows = steady_windows(lines)
+    assert windows == [(11, 12), (12, 13), (13, 14), (20, 21)]
+    tel = Telemetry()
+    tel.lib = object()  # NVML "available": the samples below stand in for its readings
+    tel.samples = [{"t": t, "power_w": 100.0 if 11 <= t <= 14 or 20 <= t <= 21 else 20.0} for t in range(0, 30)]
+    steady, everything = tel.summary(windows), tel.summary()
+    assert steady["power_w"] == {"median": 100.0, "min": 100.0, "max": 100.0} and steady["samples"] == 6
+    assert everything["power_w"]["median"] == 20.0  # start-up, evaluation and idle drag it down
+
+
+def test_ceilings_warm_up_for_200_ms_before_timing():
+    import torch
+
+    from fastmix.devices.ceilings import ceilings, median_seconds
+    calls = []
+    median_seconds(lambda: calls.append(time.sleep(0.01)), torch.device("cpu"), reps=2, warmup=1, warmup_s=0.2)
+    assert len(calls) >= 2 + 10
+    t0 = time.perf_counter()
+    ceilings(torch.device("cpu"), "fp32", n=8, nbytes=1024)
+    assert time.perf_counter() - t0 >= 0.4  # matmul and copy, 200 ms each (before: microseconds)
+
+
+def test_the_memory_check_leaves_out_the_cuda_context():
+    from fastmix.perf.memory import CUDA_CONTEXT_GB, allocator_visible_gb, device_training_memory
+    total = device_training_memory("convmixer_768_32", 32, "fp16")["total"] / 1e9
+    assert abs(allocator_visible_gb("convmixer_768_32", 32, "fp16") - (total - CUDA_CONTEXT_GB)) < 1e-9
+
+
+def test_sigterm_writes_gpu_json_and_summary(tmp_path):
+    """The front door: SIGTERM while the loaders phase converts its images; the record on disk says
+    which phase was stopped, and the exit status is 128 + SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(tmp_path), "--budget-s", "600",
+                             "--phases", "ceilings,loaders"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the phase announces itself on stdout when it starts
+        if line.startswith("loaders") and "planned" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert record["phases"]["ceilings"]["status"] == "ok"
+    assert record["phases"]["loaders"]["status"] == "stopped" and "SIGTERM" in record["phases"]["loaders"]["reason"]
+    assert record["suite"]["stopped_by"] == "SIGTERM" and headline_problems(record) == []
+    assert "stopped by SIGTERM" in (tmp_path / "summary.md").read_text()
+    assert not list(Path(tmp_path / "work").glob("*.tmp"))
+
+
+def test_the_lent_command_ends_on_time_and_brings_the_results_back(tmp_path):
+    """The rehearsal on the CPU: a small budget, the results in one flat folder of at most 8 files."""
+    budget = 30
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "bench.gpu.lent", "--smoke", "--budget-s", str(budget), "--results",
+                          str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    took = time.perf_counter() - t0
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert took < budget + 10, took  # the suite's own deadline, well inside the outer timeout
+    files = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert len(files) <= 8 and {"gpu.json", "summary.md", "run.log"} <= set(files)
+    record = json.loads((tmp_path / "results" / "gpu.json").read_text())
+    assert headline_problems(record) == [] and record["phases"]["environment"]["status"] == "ok"
+    assert any(p["status"] in ("skipped", "stopped") for p in record["phases"].values())
