@@ -4,11 +4,17 @@
 With no --source, converts the embedded synthetic demo source (built once in a cache folder).
 --source cifar-10-python.tar.gz (or cifar-100-python.tar.gz, or either extracted folder) converts
 CIFAR: every class, shards at JPEG q100 4:4:4 (50.6 dB), a lossless (raw) .beton, into data/cifar10
-(or cifar100).
+(or cifar100). A Tiny ImageNet folder as downloaded (wnids.txt, train/<wnid>/images/, val/) converts
+into data/tinyimagenet at its stored 64 px.
+
+`convert_subset.py verify OUT` (or --verify on a finished OUT without --resume/--overwrite) checks a
+conversion against its manifest and writes nothing. Ctrl-C stops with exit code 130; --resume
+goes on from the last finished shard.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -54,34 +60,77 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=">1 writes the .beton faster but not byte-reproducibly")
     p.add_argument("--resume", action="store_true", help="finish (or reuse) an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
-    p.add_argument("--verify", action="store_true", help="reopen and check every output afterwards")
+    p.add_argument("--verify", action="store_true", help="reopen and check every output afterwards; on a "
+                   "finished conversion without --resume/--overwrite, only check it (`verify OUT` does the same)")
     p.add_argument("--demo-cache", help="where the demo source is built (default ~/.cache/fastmix)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["verify"]:
+            return verify_only(parse_verify_args(argv[1:]).out)
+        return convert_main(parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def parse_verify_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="convert_subset.py verify",
+                                description="Check a finished conversion against its manifest; writes nothing.")
+    p.add_argument("out", help="the converted folder")
+    return p.parse_args(argv)
+
+
+def verify_only(out: str) -> int:
+    """Read-only: reopen every output and compare it with the manifest (nothing is written)."""
+    from fastmix.data.verify import verify
+    problems = verify(out)
+    for line in problems:
+        print(f"verify: {line}", file=sys.stderr)
+    try:
+        count = f" ({len(json.loads((Path(out) / 'manifest.json').read_text())['files'])} files)"
+    except (OSError, ValueError, KeyError, TypeError):
+        count = ""
+    print(f"verify: {'FAILED' if problems else 'ok'}{count}")
+    return 1 if problems else 0
+
+
+def default_out(a: argparse.Namespace, layout: str) -> str:
+    if a.out:
+        return a.out
+    if a.source is None:
+        return "data/demo"
+    if layout == "cifar":
+        return "data/cifar100" if "100" in Path(a.source).name else "data/cifar10"
+    return "data/tinyimagenet" if layout == "tinyimagenet" else "data/imagenet100"
+
+
+def convert_main(a: argparse.Namespace) -> int:
+    try:
+        layout = detect_layout(a.source) if a.layout == "auto" and a.source else a.layout
+    except SourceError:
+        layout = a.layout  # convert() reports it, with the same message
+    out = default_out(a, layout)
+    if a.verify and not (a.resume or a.overwrite) and (Path(out) / "manifest.json").is_file():
+        # --verify on a finished conversion checks it and writes nothing (--resume to finish one).
+        print(f"{out}: already converted; verifying it (nothing is written)")
+        return verify_only(out)
     demo = a.source is None
     if demo:
         from fastmix.data.synth import demo_source
         print("No --source: converting the embedded synthetic demo source.")
         a.source = str(demo_source(a.demo_cache))
-    try:
-        layout = detect_layout(a.source) if a.layout == "auto" else a.layout
-    except SourceError:
-        layout = a.layout  # convert() reports it, with the same message
     cifar = layout == "cifar"
-    default_out = "data/imagenet100"
     if cifar:
-        default_out = "data/cifar100" if "100" in Path(a.source).name else "data/cifar10"
         a.all_classes = a.all_classes or a.num_classes is None
-    elif layout == "tinyimagenet":
-        default_out = "data/tinyimagenet"
-    out = a.out or ("data/demo" if demo else default_out)
     cfg = ConvertConfig(
         source=a.source, out=out, layout=a.layout,
         num_classes=None if a.all_classes else (a.num_classes or 100), class_list=a.class_list,
-        splits=tuple(a.splits.split(",")), formats=tuple(a.formats.split(",")), max_side=a.max_side,
+        splits=tuple(a.splits.split(",")), formats=tuple(f.strip() for f in a.formats.split(",")),
+        max_side=a.max_side,
         quality=a.quality or (CIFAR_QUALITY if cifar else D.quality),
         subsampling=a.subsampling or (CIFAR_SUBSAMPLING if cifar else D.subsampling),
         write_mode=a.write_mode or ("raw" if cifar else D.write_mode),
@@ -94,14 +143,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(manifest, out))
-    if a.verify:
-        from fastmix.data.verify import verify
-        problems = verify(out)
-        for line in problems:
-            print(f"verify: {line}", file=sys.stderr)
-        print(f"verify: {'FAILED' if problems else 'ok'} ({len(manifest['files'])} files)")
-        return 1 if problems else 0
-    return 0
+    return verify_only(out) if a.verify else 0
 
 
 def summary(manifest: dict, out: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .images import open_rgb
 from .sources import Item
+from .workers import StopChildrenOnError, worker_init
 
 MIN_PAGE = 1 << 23  # ffcv's default page (8 MiB)
 
@@ -42,7 +43,7 @@ class _SourceImages:
                  error_path: Path, threads: int):
         self.items, self.labels, self.max_side, self.seed = items, labels, max_side, seed
         self.error_path, self.threads = error_path, max(1, threads)
-        self._pool, self._ahead = None, {}
+        self._pool, self._ahead, self._parent = None, {}, os.getpid()
 
     def __len__(self):
         return len(self.items)
@@ -58,6 +59,7 @@ class _SourceImages:
 
     def __getitem__(self, i):
         if self._pool is None:  # created in the writer's (forked) process, not the parent
+            worker_init(self._parent)
             self._pool = ThreadPoolExecutor(self.threads)
         window = range(i, min(i + 2 * self.threads, len(self.items)))
         # With several ffcv writer processes a chunk's successor belongs to another process:
@@ -109,7 +111,8 @@ def write_beton(path: Path, items: list[Item], labels: list[int], cfg) -> None:
     stop = threading.Event()
     threading.Thread(target=_watchdog, args=(error_path, stop), daemon=True).start()
     try:
-        writer.from_indexed_dataset(images, chunksize=64)
+        with StopChildrenOnError():
+            writer.from_indexed_dataset(images, chunksize=64)
     except KeyboardInterrupt:
         if error_path.exists():
             raise RuntimeError(f"{path}: ffcv writer failed on {error_path.read_text()}") from None

@@ -4,20 +4,21 @@ Data flow, per split: scan the source -> plan (labels, keys, order, shards) -> a
 pool turns each file into a clean JPEG (images.prepare) -> shards written in order ->
 the .beton written from the same accepted files -> manifest.json last.
 
-Resume: each finished shard leaves a small state file under OUT/.state; a rerun with
---resume skips those, and final names only ever appear by atomic rename. The manifest is
-written last, so its presence means the conversion is complete.
+Resume: each finished shard leaves a small state file under OUT/.state with the size and
+sha256 of what it wrote; a rerun with --resume skips those whose outputs still match, and final
+names only ever appear by atomic rename. The manifest is written last, so its presence means
+the conversion is complete. Only files the state lists are ever deleted or replaced (outstate.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import shutil
+import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,15 @@ from tqdm import tqdm
 
 from fastmix import __version__
 from .images import Rejected, prepare
+from .outstate import FINAL, MANIFEST_TOOL, STATE_DIR, atomic_json as _atomic_json, changed, owned, record, sha256
 from .shards import Sample, shard_name, write_shard
 from .sources import SPLITS, Item, Source, SourceError, open_source, select_classes
+from .workers import worker_init
 
-STATE_DIR = ".state"
+__all__ = ["ConvertConfig", "ConvertError", "convert", "plan", "sha256"]
+
+
+FORMATS = ("wds", "ffcv")
 
 
 class ConvertError(Exception):
@@ -52,7 +58,7 @@ class ConvertConfig:
     shuffle_seed: int = 0                  # train order in shards and .beton
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     ffcv_workers: int = 1                  # >1 is faster but the .beton layout is not reproducible
-    formats: tuple[str, ...] = ("wds", "ffcv")
+    formats: tuple[str, ...] = FORMATS
     resume: bool = False
     overwrite: bool = False
 
@@ -76,20 +82,6 @@ class SplitPlan:
         return [range(i, min(i + size, len(self.items))) for i in range(0, len(self.items), size)]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _keys(items: list[Item]) -> list[str]:
     """Webdataset keys: the file's stem with dots made safe, unique within the split."""
     seen: Counter = Counter()
@@ -108,6 +100,9 @@ def _size(item: Item) -> int:
 
 def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[str, SplitPlan]]:
     """Everything decided before any image is touched; every input error is raised here."""
+    unknown = [f for f in cfg.formats if f not in FORMATS] or ([] if cfg.formats else ["(none)"])
+    if unknown:
+        raise ConvertError(f"unknown output format {unknown[0]!r} in --formats; choose from {', '.join(FORMATS)}")
     try:
         source = open_source(cfg.source, cfg.layout)
         available, names = source.classes()
@@ -145,7 +140,8 @@ def _bounded_map(fn, args, workers: int):
         yield from map(fn, args)
         return
     window = 4 * workers
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
+    try:
         pending: deque = deque()
         for a in args:
             pending.append(pool.submit(fn, a))
@@ -153,6 +149,8 @@ def _bounded_map(fn, args, workers: int):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # also when interrupted: drop what has not started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Converter:
@@ -161,40 +159,61 @@ class Converter:
         self.out = Path(cfg.out)
         self.state = self.out / STATE_DIR
         self.timings: dict[str, float] = {}
+        self.outputs: dict[str, dict] = {}  # rel -> size and sha256 recorded when written
 
     def run(self) -> dict:
         t0 = time.perf_counter()
         source, wnids, names, plans = plan(self.cfg)
         self.timings["scan"] = time.perf_counter() - t0
-        self._prepare_out(self.cfg.fingerprint(source, wnids))
+        self._prepare_out(self.cfg.fingerprint(source, wnids), self._planned(plans))
         splits = {}
         for split, sp in plans.items():
             splits[split] = self._convert_split(sp, wnids)
         classes = [{"index": i, "wnid": w, "name": names.get(w, "")} for i, w in enumerate(wnids)]
+        _atomic_json(self.state / FINAL, {"files": ["classes.json", "manifest.json"]})  # ours, before they exist
         _atomic_json(self.out / "classes.json", classes)
         manifest = self._manifest(source, wnids, splits)
         _atomic_json(self.out / "manifest.json", manifest)
         return manifest
 
-    def _prepare_out(self, fingerprint: dict) -> None:
+    def _planned(self, plans: dict[str, SplitPlan]) -> list[str]:
+        """Every path this run may write, relative to OUT."""
+        rels = ["classes.json", "manifest.json", f"{STATE_DIR}/run.json", f"{STATE_DIR}/{FINAL}"]
+        for split, sp in plans.items():
+            for n in range(len(sp.shard_ranges(self.cfg.shard_size))):
+                rels.append(f"{STATE_DIR}/{shard_name(split, n)}.json")
+                if "wds" in self.cfg.formats:
+                    rels += [f"wds/{shard_name(split, n)}.tar", f"wds/{shard_name(split, n)}.idx"]
+            if "ffcv" in self.cfg.formats:
+                rels += [f"ffcv/{split}.beton", f"{STATE_DIR}/ffcv-{split}.json"]
+        return rels
+
+    def _prepare_out(self, fingerprint: dict, planned: list[str]) -> None:
         run_file = self.state / "run.json"
-        ours = [self.out / p for p in ("wds", "ffcv", STATE_DIR, "manifest.json", "classes.json")]
-        if self.cfg.resume and run_file.exists():
+        ours = owned(self.out)
+        present = [rel for rel in planned if (self.out / rel).exists()]
+        resuming = self.cfg.resume and run_file.exists()
+        if resuming:
             before = json.loads(run_file.read_text())
             if before != fingerprint:
-                changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+                differ = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
                 raise ConvertError(f"{self.out}: --resume with options that differ from the "
-                                   f"interrupted run ({', '.join(changed)}); use --overwrite")
-        elif any(p.exists() for p in ours):
-            if not self.cfg.overwrite and not self.cfg.resume:
-                raise ConvertError(f"{self.out}: already holds a conversion; pass --resume to "
-                                   "finish or reuse it, or --overwrite to start again")
-            for p in ours:
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                                   f"interrupted run ({', '.join(differ)}); use --overwrite")
+        elif present and not self.cfg.overwrite and not self.cfg.resume:
+            raise ConvertError(f"{self.out}: already holds a conversion; pass --resume to "
+                               "finish or reuse it, or --overwrite to start again")
+        foreign = [rel for rel in present if rel not in ours]
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise ConvertError(f"{self.out / foreign[0]}: not written by this converter (its state in "
+                               f"{self.state} does not list it){more}; move it away or choose another --out")
+        if not resuming:
+            for rel in sorted(ours):
+                (self.out / rel).unlink(missing_ok=True)
         for sub in ("wds", "ffcv", STATE_DIR):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob("*/*.tmp"):  # leftovers of a killed run
-            tmp.unlink()
+        for rel in {*planned, *ours}:  # leftovers of a killed run, by the names it writes through
+            Path(f"{self.out / rel}.tmp").unlink(missing_ok=True)
         (self.out / "manifest.json").unlink(missing_ok=True)
         _atomic_json(run_file, fingerprint)
 
@@ -205,7 +224,13 @@ class Converter:
         for n in range(len(ranges)):
             path = self.state / f"{shard_name(sp.split, n)}.json"
             if cfg.resume and path.exists():
-                states[n] = json.loads(path.read_text())
+                state = json.loads(path.read_text())
+                bad = changed(self.out, state)
+                if bad is None:
+                    states[n] = state
+                else:  # damaged or replaced since it was written: never re-hash it into the manifest
+                    print(f"resume: {self.out / bad} differs from what was written; converting "
+                          f"{shard_name(sp.split, n)} again", file=sys.stderr)
         todo = [n for n in range(len(ranges)) if n not in states]
         args = ((sp.items[i], cfg.max_side, cfg.quality, cfg.subsampling) for n in todo for i in ranges[n])
         results = _bounded_map(_prepare_one, args, cfg.workers)
@@ -225,6 +250,8 @@ class Converter:
         bar.close()
         self.timings[f"{sp.split}.wds"] = time.perf_counter() - t0
 
+        for state in states.values():
+            self.outputs.update(state["outputs"])
         accepted = [i for n in range(len(ranges)) for i in states[n]["indices"]]
         per_class = Counter(sp.items[i].wnid for i in accepted)
         empty = [w for w in wnids if per_class[w] == 0]
@@ -248,35 +275,52 @@ class Converter:
 
     def _finish_shard(self, split, n, samples, rejected, reencoded) -> dict:
         name = shard_name(split, n)
-        file = None
-        if samples and "wds" in self.cfg.formats:
-            write_shard(self.out / "wds" / f"{name}.tar", [s for _, s in samples])
-            file = f"wds/{name}.tar"
-        state = {"file": file, "indices": [i for i, _ in samples], "rejected": rejected,
-                 "reencoded": dict(reencoded)}
-        _atomic_json(self.state / f"{name}.json", state)  # written last: the shard is done
+        wds = bool(samples) and "wds" in self.cfg.formats
+        file = f"wds/{name}.tar" if wds else None
+        with self._claim(name, [file, f"wds/{name}.idx"] if wds else []):
+            if wds:
+                write_shard(self.out / file, [s for _, s in samples])
+            outputs = record(self.out, [file, f"wds/{name}.idx"]) if wds else {}
+            state = {"file": file, "indices": [i for i, _ in samples], "rejected": rejected,
+                     "reencoded": dict(reencoded), "outputs": outputs}
+            _atomic_json(self.state / f"{name}.json", state)  # written last: the shard is done
         return state
+
+    @contextmanager
+    def _claim(self, name: str, rels: list[str]):
+        """Names the files about to be written as ours first, until their state is written: a kill
+        in between must not leave files a resume would have to call foreign."""
+        claim = self.state / f"{name}.writing.json"
+        _atomic_json(claim, {"files": rels})
+        yield
+        claim.unlink()
 
     def _write_beton(self, sp: SplitPlan, accepted: list[int]) -> str:
         from .beton import write_beton
         rel = f"ffcv/{sp.split}.beton"
         done = self.state / f"ffcv-{sp.split}.json"
-        if self.cfg.resume and done.exists() and (self.out / rel).exists():
-            return rel
-        write_beton(self.out / rel, [sp.items[i] for i in accepted], [sp.labels[i] for i in accepted],
-                    self.cfg)
-        _atomic_json(done, {"file": rel})
+        if self.cfg.resume and done.exists():
+            state = json.loads(done.read_text())
+            bad = changed(self.out, state)
+            if bad is None:
+                self.outputs.update(state["outputs"])
+                return rel
+            print(f"resume: {self.out / bad} differs from what was written; writing it again", file=sys.stderr)
+        with self._claim(f"ffcv-{sp.split}", [rel]):
+            write_beton(self.out / rel, [sp.items[i] for i in accepted], [sp.labels[i] for i in accepted],
+                        self.cfg)
+            state = {"file": rel, "outputs": record(self.out, [rel])}
+            _atomic_json(done, state)
+        self.outputs.update(state["outputs"])
         return rel
 
     def _manifest(self, source: Source, wnids: list[str], splits: dict) -> dict:
-        files = {}
-        for info in splits.values():
-            outputs = [f for s in info["shards"] for f in (s, s[:-4] + ".idx")]
-            outputs += [info["beton"]] if info["beton"] else []
-            for rel in tqdm(outputs, desc="checksums", unit="file", disable=None, leave=False):
-                files[rel] = {"sha256": sha256(self.out / rel), "bytes": (self.out / rel).stat().st_size}
+        # What was recorded when each file was written, not what is on disk now.
+        files = {rel: self.outputs[rel] for info in splits.values()
+                 for rel in [f for s in info["shards"] for f in (s, s[:-4] + ".idx")] +
+                 ([info["beton"]] if info["beton"] else [])}
         return {
-            "tool": {"name": "fastmix convert_subset", "version": __version__},
+            "tool": {"name": MANIFEST_TOOL, "version": __version__},
             "source": {"path": str(Path(self.cfg.source).resolve()), "layout": source.kind,
                        "notes": list(source.notes)},
             "options": {k: v for k, v in asdict(self.cfg).items()

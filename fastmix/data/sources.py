@@ -267,7 +267,12 @@ def select_classes(available: list[str], num_classes: int | None = 100,
     """
     available = sorted(available)
     if class_list is not None:
-        text = Path(class_list).read_text()
+        try:
+            text = Path(class_list).read_text()
+        except FileNotFoundError:
+            raise SourceError(f"{class_list}: class list not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SourceError(f"{class_list}: cannot read the class list ({getattr(e, 'strerror', None) or e})") from None
         wanted = sorted({tok for line in text.splitlines()
                          for tok in line.split("#")[0].split()[:1]})
         bad = [w for w in wanted if not WNID_RE.match(w)]
