@@ -28,6 +28,7 @@ from fastmix.devices.catalog import load_catalog  # noqa: E402
 from fastmix.perf.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_GMACS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
                                largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
 from fastmix.perf import plan  # noqa: E402
+from fastmix.train import cli  # noqa: E402
 from fastmix.perf.memory import RECIPE_EXTRAS  # noqa: E402
 
 MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
@@ -36,14 +37,15 @@ LOADER_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "lo
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("estimate_cost", __doc__)
     p.add_argument("--model", action="append", help=f"variant (repeatable; default {', '.join(MODELS)})")
     p.add_argument("--gpu", action="append", help=f"catalog key (repeatable; default {', '.join(GPUS)})")
     p.add_argument("--images", type=int, default=IMAGENET100_TRAIN, help="training images per epoch")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=64, help="optimizer batch (micro-batches accumulate to it)")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--precision", default="auto", help="auto (fp16 without bf16, else bf16), fp32, fp16, bf16")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto (bf16 where the GPU has bf16 tensor cores, else fp16), fp32, fp16, bf16")
     p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
     p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml (prices, new GPUs)")
     p.add_argument("--json", action="store_true", help="JSON instead of a markdown table")
@@ -57,8 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--loader-results", default=str(LOADER_RESULTS), help="bench.loaders JSON with per-core rates")
     p.add_argument("--ema", action="store_true", help="count an EMA copy of the weights (--plan)")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch < 1 or (args.cores is not None and args.cores < 1):
-        p.error("--epochs, --batch and --cores must be positive")
+    for flag in ("epochs", "batch", "images", "image_size", "cores"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
     return args
 
 

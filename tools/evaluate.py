@@ -11,53 +11,87 @@ Examples:
   tools/evaluate.py --checkpoint runs/cifar10/best.pt --data data/cifar10
   tools/evaluate.py --checkpoint convmixer_768_32.pth --model convmixer_768_32 --data data/imagenet100
   tools/evaluate.py --checkpoint timm:convmixer_1536_20.in1k --data data/imagenet1k --crop-ratio 0.96
+
+A checkpoint is read as tensors only (torch.load weights_only): a file that would need to run code
+to load is refused, naming it. --trust-checkpoint unpickles it fully (it can run any code it
+carries): only for a file whose source you trust, e.g. a training checkpoint holding Python objects.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastmix.train import cli  # noqa: E402
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def at_least(low: int, name: str):
+    """An argparse type: an integer >= low (a ValueError becomes "invalid <name> int value")."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+    parse.__name__ = name
+    return parse
+
+
+positive = at_least(1, "positive")
+
+
+def parse_args(argv=None):
+    p = cli.parser("evaluate", __doc__)
     p.add_argument("--checkpoint", required=True, help="fastmix .pt, timm .pth/.safetensors, or timm:<name>")
     p.add_argument("--data", required=True, help="converted folder (tools/convert_subset.py --out)")
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="registered variant for a plain state_dict (e.g. convmixer_768_32)")
     p.add_argument("--ema", action="store_true", help="a fastmix checkpoint's EMA weights")
     p.add_argument("--backend", help="loader backend (default: the checkpoint's, else pil-wds)")
-    p.add_argument("--image-size", type=int, help="default: the checkpoint's val size, else 224")
-    p.add_argument("--crop-ratio", type=float, help="default: the checkpoint's, else 224/256")
-    p.add_argument("--batch-size", type=int, help="default: the trainer's val batch, else 128")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle the checkpoint fully, which can run code it carries (trusted files only)")
+    p.add_argument("--image-size", type=positive, help="default: the checkpoint's val size, else 224")
+    p.add_argument("--crop-ratio", type=ratio, help="default: the checkpoint's, else 224/256")
+    p.add_argument("--batch-size", type=positive, help="default: the trainer's val batch, else 128")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default: the checkpoint's, else auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=at_least(0, "non-negative"), default=4)
     p.add_argument("--json", help="also write the result here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict | int:
     a = parse_args(argv)
-    from fastmix.train import speed
     from fastmix.train.evaluate import evaluate
     from fastmix.train.weights import load_weights
-    from loaders import make_loader
     classes_file = Path(a.data) / "classes.json"
     try:
-        classes = json.loads(classes_file.read_text())
-        model, info = load_weights(a.checkpoint, classes, a.model, a.ema)
-    except FileNotFoundError as e:
-        print(f"evaluate: {e if classes_file.is_file() else f'{classes_file}: not found'}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        return 2
+        classes = read_classes(classes_file)
+        model, info = load_weights(a.checkpoint, classes, a.model, a.ema, trust=a.trust_checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        return cli.fail("evaluate", e)
     cfg = info.pop("config", {})
+    try:
+        device, precision, channels_last, loader = prepare(a, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        return cli.fail("evaluate", e)
+    result = {**info, "split": a.split, "image_size": loader.cfg.image_size, "crop_ratio": loader.cfg.crop_ratio,
+              "backend": a.backend or cfg.get("backend", "pil-wds"), "precision": precision,
+              **evaluate(model.to(device, memory_format=torch_format(channels_last)), loader, device, precision,
+                         channels_last)}
+    print(f"{a.checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['eval_loss']:.4f}  "
+          f"{result['eval_images']} images at {result['eval_images_per_s']:.0f} img/s  ({result['head']})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
+def prepare(a, cfg: dict):
+    """Device, precision, memory format and val loader: the flags, else the checkpoint's, else defaults."""
+    from fastmix.train import speed
+    from loaders import make_loader
     device = speed.resolve_device(a.device)
     precision = speed.resolve_precision(a.precision or cfg.get("precision", "auto"), device)
     channels_last = cfg.get("channels_last", "auto") != "off"
@@ -65,7 +99,6 @@ def main(argv=None) -> dict | int:
     if cfg and run_config.is_file():
         import yaml
         channels_last = bool(yaml.safe_load(run_config.read_text()).get("channels_last", channels_last))
-    model = model.to(device, memory_format=torch_format(channels_last))
     micro = cfg.get("micro_batch")
     batch = a.batch_size or (2 * (micro if isinstance(micro, int) else micro.get(cfg["model"], 64)) if cfg else 128)
     size = a.image_size or cfg.get("val_image_size") or cfg.get("image_size") or 224
@@ -73,14 +106,26 @@ def main(argv=None) -> dict | int:
                          image_size=size, device=str(device), workers=a.workers,
                          dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision],
                          crop_ratio=a.crop_ratio or cfg.get("crop_ratio", 224 / 256))
-    result = {**info, "split": a.split, "image_size": size, "crop_ratio": loader.cfg.crop_ratio,
-              "backend": a.backend or cfg.get("backend", "pil-wds"), "precision": precision,
-              **evaluate(model, loader, device, precision, channels_last)}
-    print(f"{a.checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['eval_loss']:.4f}  "
-          f"{result['eval_images']} images at {result['eval_images_per_s']:.0f} img/s  ({result['head']})")
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return result
+    return device, precision, channels_last, loader
+
+
+def ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def read_classes(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; convert the data first (tools/convert_subset.py)")
+    try:
+        classes = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) for c in classes):
+        raise ValueError(f"{path}: expected a list of classes (as tools/convert_subset.py writes it)")
+    return classes
 
 
 def torch_format(channels_last: bool):

@@ -7,6 +7,18 @@ Examples:
   tools/train.py --recipe t4 --model convmixer_768_32 --data data/imagenet100 --resume
   torchrun --nproc_per_node 2 tools/train.py --recipe a100 --data data/imagenet100
   tools/train.py --recipe t4 --set epochs=10 --set progressive='{start: 160, until: 0.75}'
+
+Settings: a recipe's values, then `--set KEY=VALUE` (any TrainConfig field, a YAML value; `null`
+switches an option off, e.g. --set rand_augment=null), then the flags given (--epochs, ...). A flag
+and a --set of the same key that disagree are refused, not silently resolved.
+
+Run folder: --out, else <the recipe's out, or runs/<recipe>>-<model>. A folder that already holds
+a run (last.pt, best.pt or finished epochs in epochs.csv) is refused unless --resume continues it
+or --overwrite replaces it (it removes only the files the trainer writes; others are kept).
+--resume with other settings than last.pt was saved with lists the differences and stops unless
+--allow-changes is given (out, workers and log_every may differ freely; a changed epochs, lr or
+schedule then reshapes the schedule from the update reached). Ctrl-C stops with exit code 130;
+last.pt holds the last finished epoch.
 """
 from __future__ import annotations
 
@@ -16,11 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastmix.train.recipe import RECIPES, load_recipe, parse_sets  # noqa: E402
+from fastmix.train import cli  # noqa: E402
+from fastmix.train.recipe import RECIPES, parse_sets, recipe_config  # noqa: E402
+
+FLAGS = ("model", "data", "backend", "imagefolder", "epochs", "batch_size", "micro_batch", "precision",
+         "channels_last", "compile", "device", "out")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = cli.parser("train", __doc__)
     recipes = ", ".join(sorted(r.stem for r in RECIPES.glob("*.yaml")))
     p.add_argument("--recipe", default="cpu-smoke", help=f"built-in ({recipes}) or a .yaml path")
     p.add_argument("--model", help="registered variant, e.g. convmixer_768_32")
@@ -36,34 +52,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", help="run folder: epochs.csv, steps.jsonl, curves.png, last.pt, best.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although settings differ from last.pt's (listed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (only the trainer's own files are removed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field (YAML value), e.g. --set lr=0.005 --set ema=true")
     return p.parse_args(argv)
 
 
+def config(args):
+    """The run's TrainConfig: the recipe, then the --set values (explicit nulls included), then the
+    flags that were given; a key given both ways with different values is refused."""
+    sets = parse_sets(args.set)
+    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    for key in sorted(set(sets) & set(flags)):
+        if sets[key] != flags[key]:
+            raise ValueError(f"--{key.replace('_', '-')} {flags[key]} and --set {key}={sets[key]} disagree; give one")
+    return recipe_config(args.recipe, {**sets, **flags})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    flags = {k: getattr(args, k) for k in ("model", "data", "backend", "imagefolder", "epochs", "batch_size",
-                                           "micro_batch", "precision", "channels_last", "compile", "device", "out")}
     try:
-        cfg = load_recipe(args.recipe, **{**parse_sets(args.set), **flags})
+        cfg = config(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"train: {e}", file=sys.stderr)
-        return 2
+        return cli.fail("train", e)
     from fastmix.train import distributed
     from fastmix.train.trainer import NonFiniteLoss, Trainer
+    trainer = None
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
         summary = trainer.fit()
     except (NonFiniteLoss, FileNotFoundError, ValueError) as e:
-        print(f"train: {e}", file=sys.stderr)
-        return 1
+        return cli.fail("train", e, 1)
+    except KeyboardInterrupt:
+        return cli.fail("train", interrupted(cfg.out), 130)
     finally:
         distributed.shutdown()
     if trainer.dist.is_main:
         last = summary["epochs"][-1] if summary["epochs"] else {}
         print(f"done: {cfg.out}  best top-1 {summary['best_top1']:.2f}%  last epoch {last}")
     return 0
+
+
+def interrupted(out: str) -> str:
+    """What Ctrl-C leaves: last.pt is written only at the end of an epoch (a consistent state)."""
+    from fastmix.train.runlog import RunLog
+    rows = RunLog(Path(out), enabled=False).rows()
+    if (Path(out) / "last.pt").is_file() and rows:
+        return f"interrupted; rerun with --resume to continue ({out}/last.pt holds epoch {rows[-1]['epoch']})"
+    return f"interrupted before the first epoch finished; nothing to resume in {out}, rerun to start again"
 
 
 if __name__ == "__main__":

@@ -73,14 +73,45 @@ class Efficiency:
             raise FileNotFoundError(f"{path}: calibration file not found (make one with tools/profile_gpu.py)")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not JSON ({e})") from None
         if not isinstance(data, dict) or ("efficiency" not in data and "op_efficiency" not in data):
             raise ValueError(f"{path}: not a fastmix calibration file (no 'efficiency' or 'op_efficiency')")
+        problem = calibration_problem(data)
+        if problem:
+            raise ValueError(f"{path}: not a usable calibration file ({problem})")
         return cls(values=data.get("efficiency") or json.loads(json.dumps(DEFAULT_EFFICIENCY)),
                    overhead_per_op_s=data.get("overhead_per_op_s", 0.0), source=str(path),
                    ops=data.get("op_efficiency", {}), step_overhead_s=data.get("step_overhead_s", 0.0),
                    error=data.get("held_out_error"), device=data.get("catalog_entry"))
+
+
+def _number(value, low: float = 0.0) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+
+
+def calibration_problem(data: dict) -> str | None:
+    """What in a calibration file's values the predictions could not use, else None: checked on
+    load, so a damaged file is named there rather than failing inside a prediction."""
+    eff = data.get("efficiency")
+    if eff is not None:
+        for cls in CLASSES:
+            e = eff.get(cls) if isinstance(eff, dict) else None
+            if not isinstance(e, dict) or not all(_number(e.get(k)) and e[k] > 0 for k in ("compute", "memory")):
+                return f"efficiency.{cls} needs positive compute and memory fractions"
+    ops = data.get("op_efficiency", {})
+    if not isinstance(ops, dict):
+        return "op_efficiency is not a mapping"
+    for key, fit in ops.items():
+        if not isinstance(fit, dict) or not (_number(fit.get("efficiency")) and fit["efficiency"] > 0
+                                             and _number(fit.get("overhead_s"))):
+            return f"op_efficiency[{key!r}] needs a positive efficiency and an overhead_s >= 0"
+    for key in ("overhead_per_op_s", "step_overhead_s"):
+        if key in data and not _number(data[key]):
+            return f"{key} must be a number >= 0"
+    if data.get("held_out_error") is not None and not _number(data["held_out_error"]):
+        return "held_out_error must be a number >= 0"
+    return None
 
 
 def packaged_calibration(device: Device) -> Efficiency | None:

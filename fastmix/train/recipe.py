@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from . import checks
+
 RECIPES = Path(__file__).parent / "recipes"
 
 
@@ -70,9 +72,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None   # cut epochs short (smoke tests, GPU benchmarks)
 
     def __post_init__(self):
-        self.crop_scale = tuple(self.crop_scale)
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"schedule {self.schedule!r}: choose onecycle or cosine")
+        checks.validate(self)  # types and ranges, one line naming the key (ConfigError)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch "
                              f"{self.micro_batch_size} ({self.model})")
@@ -106,17 +106,35 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
 def load_recipe(name: str | None = None, **overrides) -> TrainConfig:
-    """A recipe's values over TrainConfig's defaults, then `overrides` over both."""
+    """A recipe's values over TrainConfig's defaults, then the non-None `overrides` over both."""
+    return recipe_config(name, {k: v for k, v in overrides.items() if v is not None})
+
+
+def recipe_config(name: str | None, overrides: dict) -> TrainConfig:
+    """A recipe's values over TrainConfig's defaults, then every one of `overrides` (None included:
+    `--set rand_augment=null` switches RandAugment off). Without an `out` override the run folder
+    is per recipe and model: <the recipe's out, else runs/<recipe>>-<model>, so runs of two models
+    never share one."""
     values = {}
     if name:
         path = recipe_path(name)
-        values = yaml.safe_load(path.read_text()) or {}
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}")
-    return TrainConfig(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise checks.ConfigError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise checks.ConfigError(f"{path}: expected a mapping of TrainConfig keys")
+        checks.unknown_keys(values, FIELDS, str(path))
+    checks.unknown_keys(overrides, FIELDS, "--set")
+    values = {**values, **overrides}
+    if name and "out" not in overrides:
+        model = values.get("model", TrainConfig.model)
+        values["out"] = f"{values.get('out') or f'runs/{Path(name).stem}'}-{model}"
+    return TrainConfig(**values)
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -125,6 +143,9 @@ def parse_sets(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set {pair!r}: expected key=value")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            raise checks.ConfigError(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise checks.ConfigError(f"--set {pair!r}: the value is not YAML") from None
     return out

@@ -38,7 +38,7 @@ from fastmix.model.convmixer import create_model
 from fastmix.model.flops import convmixer_ops, totals
 from loaders import make_loader
 
-from . import checkpoint, distributed, speed
+from . import checkpoint, distributed, runfolder, speed
 from .augment import BatchAugment
 from .evaluate import evaluate
 from .optim import build_optimizer, build_schedule, peak_lr
@@ -64,11 +64,15 @@ def image_size_at(cfg: TrainConfig, epoch: int) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, allow_changes: bool = False):
+        """`resume` continues OUT/last.pt (other settings than it was saved with need `allow_changes`);
+        a folder that holds a run is refused without one of `resume` and `overwrite` (runfolder.py)."""
         self.cfg = cfg
+        self.out = Path(cfg.out)
+        runfolder.check(self.out, resume, overwrite)  # before any work
+        saved = runfolder.read_resume(self.out / "last.pt", cfg.to_dict(), allow_changes) if resume else None
         self.dist, self.device = distributed.init(speed.resolve_device(cfg.device))
         self.precision = speed.resolve_precision(cfg.precision, self.device)
-        self.out = Path(cfg.out)
         checkpoint.seed_everything(cfg.seed + self.dist.rank)  # mixup/erasing differ per rank
         classes = Path(cfg.data) / "classes.json"
         if not classes.is_file():
@@ -114,8 +118,10 @@ class Trainer:
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.stats, self.update_times, self._fitted_sizes = UpdateStats(self.device), [], set()
         self.train_hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # correct, seen (this epoch)
-        if resume:
-            self._restore(checkpoint.load(self.out / "last.pt"))
+        if saved is not None:
+            self._restore(saved)
+        elif overwrite and self.dist.is_main:  # as late as possible: a failed start loses nothing
+            runfolder.clear(self.out)
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
         if self.dist.is_main:
             info = self._write_config()
@@ -369,7 +375,7 @@ class Trainer:
         rng = self.dist.gather(checkpoint.rng_state())  # collective: every rank calls it
         if self.dist.is_main:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "schedule": self.schedule.state_dict(),
+                     "scaler": self.scaler.state_dict(),
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "epoch": epoch, "updates": self.updates, "best_top1": self.best_top1,
                      "update_times": self.update_times, "rng": rng, "config": self.cfg.to_dict()}
@@ -380,10 +386,14 @@ class Trainer:
         self.dist.barrier()
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{self.out / 'last.pt'}: its weights do not fit {self.cfg.model} "
+                             f"({str(e).splitlines()[0]})") from None
+        # the schedule is not read back: rebuilt from the config, it is stepped to `updates` below
+        checkpoint.load_optimizer(self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.start_epoch, self.updates = state["epoch"] + 1, state["updates"]

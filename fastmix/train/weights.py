@@ -56,28 +56,30 @@ def _fit_head(model: nn.Module, head_name: str, classes: list[dict], source: str
     return {"head": f"ImageNet-1k's {IMAGENET1K} rows mapped onto the data's {len(classes)} WNIDs"}
 
 
-def _read_state(path: Path) -> dict:
+def _read_state(path: Path, trust: bool = False) -> dict:
+    """Tensors only, never code from the file (checkpoint.load), unless the caller trusts it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # fastmix's own checkpoints also hold numpy/python RNG states
-        return checkpoint.load(path)
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    return checkpoint.load(path, trust=trust, missing="not found")
 
 
 def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
-                 ema: bool = False) -> tuple[nn.Module, dict]:
-    """(model in eval mode with a head for `classes`, what was loaded)."""
+                 ema: bool = False, trust: bool = False) -> tuple[nn.Module, dict]:
+    """(model in eval mode with a head for `classes`, what was loaded). `trust` unpickles the
+    file fully (it may run code); without it, a file that needs more than tensors is refused."""
     if spec.startswith("timm:"):
         import timm
         model = timm.create_model(spec[5:], pretrained=True)
         head_name = next(n for n, m in model.named_modules() if m is model.get_classifier())
         return model.eval(), {"weights": spec, "model": spec[5:], **_fit_head(model, head_name, classes, spec)}
     path = Path(spec)
-    state = _read_state(path)
+    state = _read_state(path, trust)
     info = {"weights": str(path)}
     if isinstance(state, dict) and "config" in state and "model" in state:  # a fastmix checkpoint
         config = state["config"]
@@ -96,12 +98,14 @@ def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
             raise ValueError(f"{path}: a plain state_dict; name its variant with --model")
         weights, name, overrides = state, model_name, {}
         info.update(kind="state_dict")
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path}: holds a {type(weights).__name__}, not a state_dict")
     if "head.weight" not in weights:
         raise ValueError(f"{path}: no head.weight, not a ConvMixer state_dict (keys: {list(weights)[:5]})")
     model = create_model(name, num_classes=weights["head.weight"].shape[0], **overrides)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit {name} {overrides or ''}: {e}") from None
+        raise ValueError(f"{path}: does not fit {name} {overrides or ''}: {' '.join(str(e).split())[:300]}") from None
     info.update(model=name, overrides=overrides, **_fit_head(model, "head", classes, str(path)))
     return model.eval(), info

@@ -1,0 +1,141 @@
+"""tools/train.py keeps what it did not mean to replace (issue 21): `--set` values are used (items 1),
+a folder holding a run is refused without --resume / --overwrite and --overwrite removes only the
+trainer's files (7), a resume with other settings lists them and stops unless allowed (11), and
+Ctrl-C stops with one line and exit code 130 (12)."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmix.train import runfolder
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import train as train_tool  # noqa: E402  (tools/train.py)
+
+# the cpu-smoke recipe made tiny; RandAugment off (its Pillow/timm clash is issue 21 item 2, not this)
+TINY = ["--recipe", "cpu-smoke", "--backend", "pil-wds", "--batch-size", "8", "--micro-batch", "4",
+        "--set", "model_overrides={dim: 16, depth: 2, kernel: 3, patch: 4}", "--set", "image_size=32",
+        "--set", "workers=0", "--set", "crop_scale=[0.5, 1.0]", "--set", "rand_augment=null"]
+
+
+def train(capsys, data, out, *extra) -> tuple[int, str, str]:
+    rc = train_tool.main([*TINY, "--data", str(data), "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def config(*argv):
+    return train_tool.config(train_tool.parse_args(list(argv)))
+
+
+def test_set_values_are_used_and_nulls_pass_through():
+    """Before the fix the unset flags' None was merged over --set: epochs stayed 3, micro_batch 16."""
+    cfg = config("--recipe", "cpu-smoke", "--set", "epochs=10", "--set", "batch_size=24", "--set", "micro_batch=12",
+                 "--set", "rand_augment=null", "--set", "precision=bf16", "--set", "compile=true")
+    assert (cfg.epochs, cfg.batch_size, cfg.micro_batch, cfg.precision, cfg.compile) == (10, 24, 12, "bf16", True)
+    assert cfg.rand_augment is None and config("--recipe", "cpu-smoke").rand_augment is not None
+    # a flag that agrees with --set is fine; flags alone still work
+    assert config("--recipe", "cpu-smoke", "--epochs", "7", "--set", "epochs=7").epochs == 7
+    assert config("--recipe", "cpu-smoke", "--epochs", "5").epochs == 5
+    with pytest.raises(ValueError, match="--epochs 4 and --set epochs=10 disagree"):
+        config("--recipe", "cpu-smoke", "--epochs", "4", "--set", "epochs=10")
+
+
+def test_default_run_folder_is_per_recipe_and_model():
+    assert config("--recipe", "cpu-smoke").out == "runs/cpu-smoke-convmixer_256_8"
+    assert config("--recipe", "t4", "--model", "convmixer_1536_20").out == "runs/t4-convmixer_1536_20"
+    assert config("--recipe", "t4", "--model", "convmixer_768_32").out == "runs/t4-convmixer_768_32"
+    assert config("--recipe", "t4", "--out", "elsewhere").out == "elsewhere"
+    assert config("--recipe", "t4", "--set", "out=there").out == "there"
+
+
+def plant_finished_run(out: Path) -> dict:
+    """A finished run's files (as bytes to compare) and two files the trainer never writes."""
+    out.mkdir(parents=True)
+    planted = {"last.pt": b"the 46 % run", "best.pt": b"the 46 % run's best",
+               "epochs.csv": b"epoch,top1\n0,46.0\n", "notes.txt": b"mine", "weights-from-elsewhere.pt": b"theirs"}
+    for name, data in planted.items():
+        (out / name).write_bytes(data)
+    return planted
+
+
+def test_a_folder_holding_a_run_is_refused_then_overwritten_keeping_foreign_files(flat_converted, tmp_path, capsys):
+    data, _, _ = flat_converted
+    out = tmp_path / "run"
+    planted = plant_finished_run(out)
+    rc, _, err = train(capsys, data, out, "--epochs", "1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(out) in err and "--resume" in err and "--overwrite" in err
+    assert {n: (out / n).read_bytes() for n in planted} == planted  # nothing touched
+
+    rc, stdout, err = train(capsys, data, out, "--epochs", "1", "--overwrite")
+    assert rc == 0, err
+    assert f"done: {out}" in stdout
+    for name in ("notes.txt", "weights-from-elsewhere.pt"):
+        assert (out / name).read_bytes() == planted[name]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0  # the new run's
+    with open(out / "epochs.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]
+
+    # --overwrite removes the trainer's files only (a foreign one of any name stays)
+    (out / "summary.json").write_text("{}")
+    removed = runfolder.clear(out)
+    assert set(removed) >= {"last.pt", "best.pt", "epochs.csv", "summary.json", "config.yaml"}
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "weights-from-elsewhere.pt"]
+
+
+def test_a_run_stopped_in_its_first_epoch_is_not_a_run(tmp_path):
+    (tmp_path / "epochs.csv").write_text("epoch,top1\n")
+    assert runfolder.run_files(tmp_path) == []
+    runfolder.check(tmp_path, resume=False, overwrite=False)
+
+
+def test_resume_with_other_settings_lists_them_and_needs_allow_changes(flat_converted, tmp_path, capsys):
+    data, _, _ = flat_converted
+    out = tmp_path / "run"
+    rc, _, err = train(capsys, data, out, "--epochs", "1")
+    assert rc == 0, err
+    before, lr = (out / "last.pt").read_bytes(), torch.load(out / "last.pt", weights_only=True)["config"]["lr"]
+    changed = ["--epochs", "2", "--set", "lr=0.5", "--micro-batch", "2", "--set", "workers=1"]
+    rc, _, err = train(capsys, data, out, "--resume", *changed)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "micro_batch: 4 -> 2" in err and f"lr: {lr!r} -> 0.5" in err and "epochs: 1 -> 2" in err
+    assert "workers" not in err and "--allow-changes" in err  # workers change no result: free
+    assert (out / "last.pt").read_bytes() == before
+
+    with pytest.warns(UserWarning, match="micro_batch: 4 -> 2"):
+        rc, _, err = train(capsys, data, out, "--resume", "--allow-changes", *changed)
+    assert rc == 0, err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["lr"] == 0.5
+    # the new lr is the schedule's peak, not the one restored with the optimizer's state
+    assert all(g["initial_lr"] == 0.5 for g in state["optimizer"]["param_groups"])
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_130(flat_converted, tmp_path):
+    data, _, _ = flat_converted
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "tools/train.py"), *TINY, "--data", str(data), "--out", str(out),
+           "--epochs", "200", "--set", "workers=2"]
+    # its own process group, signalled as a terminal's Ctrl-C signals it: loader workers included
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    epoch = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert last == f"train: interrupted; rerun with --resume to continue ({out}/last.pt holds epoch {epoch})"
+    assert "done:" not in stdout
