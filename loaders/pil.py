@@ -57,6 +57,10 @@ def pil_transform(cfg: LoaderConfig):
     return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device
 
 
+class CorruptSample(ValueError):
+    """An image that does not decode; the message names its file (and tar member)."""
+
+
 @contextmanager
 def _seeded(seed: int):
     """Draw one sample's augmentation from its own seed (torch, numpy and random, as timm's
@@ -93,19 +97,37 @@ class _ImageFolder(datasets.ImageFolder):
     def __getitem__(self, key):
         index, seed = key
         with _seeded(seed):
-            return super().__getitem__(index)
+            try:
+                return super().__getitem__(index)
+            except (OSError, SyntaxError) as e:  # PIL: unidentified, truncated or broken files
+                raise CorruptSample(f"{self.samples[index][0]}: not a readable image ({e})") from None
 
 
 class _ShardImages(Dataset):
     def __init__(self, index: ShardIndex, transform):
         self.index, self.transform = index, transform
 
+    def _where(self, i: int) -> str:
+        """Sample i as "<shard>: member <name>": the name from the tar header just before its data."""
+        t, off, _ = self.index.where[i]
+        tar = self.index.tars[t]
+        try:
+            with open(tar, "rb") as f:
+                f.seek(max(0, off - 512))
+                name = f.read(100).split(b"\0", 1)[0].decode("utf-8", "replace")
+        except OSError:
+            name = ""
+        return f"{tar}: member {name or f'at byte {off}'}"
+
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, key):
         i, seed = key
-        img = Image.open(io.BytesIO(self.index.read(i))).convert("RGB")
+        try:
+            img = Image.open(io.BytesIO(self.index.read(i))).convert("RGB")
+        except (OSError, SyntaxError) as e:
+            raise CorruptSample(f"{self._where(i)}: not a readable JPEG ({e})") from None
         with _seeded(seed):
             return self.transform(img), int(self.index.labels[i])
 
@@ -135,8 +157,12 @@ class PILLoader(BaseLoader):
                 num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
                 drop_last=cfg.last_batch == "drop", persistent_workers=cfg.workers > 0,
                 generator=torch.Generator().manual_seed(cfg.seed), prefetch_factor=4 if cfg.workers else None)
-        for images, labels in self._loader:
-            yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
+        try:
+            for images, labels in self._loader:
+                yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
+        except CorruptSample as e:  # from a worker its message carries the worker's traceback: keep our line
+            line = str(e).strip().splitlines()[-1]
+            raise CorruptSample(line.partition("CorruptSample: ")[2] or line) from None
 
 
 class _EpochSampler(Sampler):

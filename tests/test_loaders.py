@@ -192,3 +192,22 @@ def test_resident_rand_augment_and_pad_crop_run_on_the_device(converted):
     val = make_loader("resident", converted[0], "train", train=False, **kw)
     torch.testing.assert_close(x, torch.cat([images for images, _ in val])[order], atol=0, rtol=0)
     assert (x - y).abs().mean() > 0.1  # RandAugment, flips and shifts changed them
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_jpeg_in_a_shard_is_named_by_shard_and_member(damaged, workers):
+    """pil-wds: one line naming the tar and the member, also from a DataLoader worker (whose
+    re-raised error would otherwise carry the worker's whole traceback). Before: PIL's
+    "cannot identify image file <_io.BytesIO ...>", naming neither."""
+    import tarfile
+    tar = damaged / "wds" / "train-00000.tar"
+    with tarfile.open(tar) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(".jpg"))
+    with open(tar, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(b"\0" * member.size)
+    loader = make_loader("pil-wds", damaged, "train", batch_size=4, image_size=32, workers=workers)
+    with pytest.raises(ValueError) as e:
+        list(loader)
+    assert str(e.value).startswith(f"{tar}: member {member.name}: not a readable JPEG (")
+    assert "\n" not in str(e.value)
