@@ -64,6 +64,7 @@ class TrainConfig:
     channels_last: str = "auto"              # auto (measured) | on | off
     compile: bool = False
     compile_mode: str = "default"            # default | reduce-overhead | max-autotune
+    threads: int | None = None               # CPU compute threads (torch intra-op); default: every core
     # run
     out: str = "runs/demo"
     seed: int = 0
