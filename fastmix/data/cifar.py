@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .sources import Item, Source, SourceError
+from .items import Item, Source, SourceError
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE

@@ -13,34 +13,14 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
+from .items import Item, Source, SourceError  # noqa: F401  (cifar/tinyimagenet/convert import them from here too)
 
 SPLITS = ("train", "val")
 WNID_RE = re.compile(r"^n\d{8}$")
 NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <words>" per line
-
-
-class SourceError(Exception):
-    """The source cannot be converted as asked; raised before any work."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One source file: a whole file, or a byte range inside an archive."""
-    wnid: str
-    path: str
-    name: str          # how messages and the manifest name it
-    offset: int = -1
-    size: int = -1
-
-    def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            if self.offset < 0:
-                return f.read()
-            f.seek(self.offset)
-            return f.read(self.size)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -60,22 +40,6 @@ def _read_names(root: Path) -> dict[str, str]:
             pairs = (line.strip().split(" ", 1) for line in path.read_text().splitlines())
             return {p[0]: p[1] if len(p) > 1 else "" for p in pairs if p and p[0]}
     return {}
-
-
-class Source:
-    kind = ""
-    notes: tuple[str, ...] = ()  # what the converter skipped on purpose (summary and manifest say so)
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def classes(self) -> tuple[list[str], dict[str, str]]:
-        """All WNIDs the source offers (sorted) and their names where known."""
-        raise NotImplementedError
-
-    def items(self, split: str, wnids: list[str]) -> list[Item]:
-        """The files of `split` that belong to `wnids`, in a stable order."""
-        raise NotImplementedError
 
 
 class ImageFolderSource(Source):
