@@ -1,12 +1,15 @@
 """What every source layout yields: its files as Items, its errors as SourceError.
 
-Its own module so that the layouts in their own files (cifar.py) and sources.py, which picks a
-layout, import it without importing each other.
+Its own module so that the layouts in their own files (cifar.py, tinyimagenet.py) and sources.py,
+which picks a layout, import it without importing each other.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+WNID_RE = re.compile(r"^n\d{8}$")
 
 
 class SourceError(Exception):
@@ -28,6 +31,10 @@ class Item:
                 return f.read()
             f.seek(self.offset)
             return f.read(self.size)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file())
 
 
 class Source:

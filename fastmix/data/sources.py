@@ -16,15 +16,10 @@ import tarfile
 from functools import cached_property
 from pathlib import Path
 
-from .items import Item, Source, SourceError  # noqa: F401  (cifar/tinyimagenet/convert import them from here too)
+from .items import WNID_RE, Item, Source, SourceError, _files  # noqa: F401  (convert imports them from here too)
 
 SPLITS = ("train", "val")
-WNID_RE = re.compile(r"^n\d{8}$")
 NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <words>" per line
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file())
 
 
 def _class_dirs(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sources import Item, Source, SourceError, WNID_RE, _files
+from .items import WNID_RE, Item, Source, SourceError, _files
 
 BOXES_SUFFIX = "_boxes.txt"
 
