@@ -13,7 +13,7 @@ breakdown of each CPU backend (bench/stages.py) from the same run: stages-*.json
 
 Before/after in one run: `ffcv-fulldecode` is ffcv with its own full-decode decoders (before
 loaders/ffcv_decode.py); any name with `:mmap` hands its batches to normalization on fresh
-mmap'd pages (before loaders/cpu_alloc.py). Their rows carry `variant_of`.
+mmap'd pages (before fastmix/devices/allocator.py). Their rows carry `variant_of`.
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from bench.decode import decode_rate_per_core
+from bench.variants import BETON_READERS, apply_suffix, ffcv_side, prepare_side_variant, side_variant
 from loaders import make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BETON_READERS = ("ffcv", "opencv")  # backends that read the .beton's stored bytes
 
 
 def cpu_seconds() -> float:
@@ -85,42 +85,16 @@ def run_epoch(loader) -> int:
     return n
 
 
-def ffcv_side(backend: str) -> int | None:
-    """`ffcv@320` / `opencv@320` -> 320: a .beton stored at that max side (a storage choice)."""
-    name = backend.partition(":")[0]
-    return int(name.split("@", 1)[1]) if name.startswith(BETON_READERS) and "@" in name else None
-
-
-def side_variant(data: str, side: int) -> str:
-    return f"{data.rstrip('/')}-ffcv{side}"
-
-
-def prepare_side_variant(data: str, side: int) -> str:
-    """The same photos as `data`, as a .beton at max side `side` (same quality), converted once."""
-    from fastmix.data.convert import ConvertConfig, convert
-    out = side_variant(data, side)
-    if not (Path(out) / "manifest.json").exists():
-        m = json.loads((Path(data) / "manifest.json").read_text())
-        convert(ConvertConfig(source=m["source"]["path"], out=out, num_classes=None, splits=("train",),
-                              formats=("ffcv",), max_side=side, quality=m["options"]["quality"], overwrite=True))
-    return out
-
-
 def build_loader(backend: str, data: str, size: int, args):
     """A benchmark name -> its loader. Besides the backends: `dali-cpu`/`dali-gpu` (the decode
     device), `ffcv-fulldecode` (ffcv's own decoders: the before of the DCT-scaled decode),
     `ffcv@SIDE` (ffcv on the same photos stored at max side SIDE: prepare_side_variant), and a
     `:mmap` suffix on any name (the normalized batches are fresh mmap'd pages, as before
-    loaders/cpu_alloc.py). The suffix must be applied in the measuring process, before any batch."""
+    fastmix/devices/allocator.py). The suffix must be applied in the measuring process, before any batch."""
     side = ffcv_side(backend)
     if side:
         data, backend = side_variant(data, side), backend.replace(f"@{side}", "", 1)
-    name, _, flag = backend.partition(":")
-    if flag not in ("", "mmap"):
-        raise ValueError(f"backend {backend!r}: unknown suffix {flag!r} (only ':mmap')")
-    if flag == "mmap":
-        from loaders import cpu_alloc
-        cpu_alloc._done = True  # keep_batch_buffers() then leaves glibc's defaults alone
+    name = apply_suffix(backend)
     kw = {"batch_size": args.batch_size, "image_size": size, "device": args.device, "workers": args.workers,
           "dtype": args.dtype}
     if name in ("dali-cpu", "dali-gpu"):
@@ -281,7 +255,7 @@ def main(argv=None) -> int:
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
     p.add_argument("--backends", default="pil,pil-wds,ffcv,opencv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic",
                    help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
-                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before loaders/cpu_alloc.py); "
+                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before fastmix/devices/allocator.py); "
                         "and ffcv@SIDE / opencv@SIDE: on the same photos stored at max side SIDE (converted once)")
     p.add_argument("--sizes", default="160,192,224")
     p.add_argument("--batch-size", type=int, default=64)

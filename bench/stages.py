@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.variants import apply_suffix, side_variant
+
 CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "opencv", "dali-cpu", "nvjpeg")
 STAGES = ("read", "decode", "crop/resize", "flip", "collate", "convert+normalize", "hand-off+other")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -279,14 +281,10 @@ def measure_stages(backend: str, data: str, size: int, batch: int = 64, repeats:
                    imagefolder: str | None = None) -> dict:
     """One backend's stage costs (us/image) at `size`, in this process, on one core."""
     one_core()
-    name, _, flag = backend.partition(":")
-    if "@" in name:  # ffcv / opencv on the same photos stored at a lower max side (bench.loaders)
-        from bench.loaders import side_variant
+    name = apply_suffix(backend)  # as bench.loaders: `:mmap` batches on fresh mmap'd pages
+    if "@" in name:  # ffcv / opencv on the same photos stored at a lower max side
         name, side = name.split("@")
         data = side_variant(data, int(side))
-    if flag == "mmap":  # as bench.loaders: normalized batches on fresh mmap'd pages
-        from loaders import cpu_alloc
-        cpu_alloc._done = True
     if name in ("pil", "pil-wds"):
         us = pil_stages(data, size, batch, repeats, name == "pil-wds", imagefolder)
     elif name in ("ffcv", "ffcv-fulldecode"):

@@ -129,7 +129,7 @@ def normalize(x: torch.Tensor, cfg: LoaderConfig) -> torch.Tensor:
     """0..255 NCHW (any dtype, any memory format) -> normalized channels_last `cfg.dtype`."""
     x = x.to(cfg.torch_device, non_blocking=True)
     if x.device.type == "cpu":  # a fresh mmap'd output per batch costs more than the math
-        from .cpu_alloc import keep_batch_buffers
+        from fastmix.devices.allocator import keep_batch_buffers
         keep_batch_buffers()
     # channels_last while still uint8 (a quarter of the bytes): addcmul then writes its one
     # float output in that layout, and the final .contiguous() is a no-op, not a second copy.

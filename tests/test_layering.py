@@ -8,6 +8,7 @@
     tools/, bench/                      thin CLIs and measurements: may import anything, and
                                         nothing in the library imports them
 
+Within a stage, and across bench/, modules import one way too: no import circles.
 Read from the import statements (ast), so a lazy import inside a function counts too.
 """
 from __future__ import annotations
@@ -90,3 +91,69 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert len(found) == 3, found
     assert any("trainer.py:2" in f and "fastmix.perf.cost" in f for f in found)
     assert any("convmixer.py:1" in f for f in found) and any("common.py:1" in f for f in found)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports (lazy ones too), over fastmix/, loaders/ and bench/.
+    `from pkg import name` counts as pkg.name where that is a module, else as pkg."""
+    paths = sorted([*root.glob("fastmix/**/*.py"), *root.glob("loaders/**/*.py"), *root.glob("bench/**/*.py")])
+    names = {module_name(p, root) for p in paths}
+    graph = {}
+    for path in paths:
+        name = module_name(path, root)
+        edges = set()
+        for _, module in imported(path, root):
+            while module and module not in names:
+                module = module.rpartition(".")[0]
+            if module and module != name and not name.startswith(module + "."):  # a package's own __init__
+                edges.add(module)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, each once, as [a, b, ..., a] (strongly connected components of size > 1,
+    each shown along one of its circles)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's algorithm, iterative enough for a package of a few hundred modules
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    """Within a stage too, modules import one way: no module is reached again from what it imports."""
+    assert cycles(import_graph(ROOT)) == []
+
+
+def test_the_check_sees_an_import_circle(tmp_path):
+    """A lazy import back is a circle; a package importing its own submodules is not."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/__init__.py").write_text("from . import a\n")
+    (tmp_path / "bench/a.py").write_text("import json\nfrom bench import b\n")
+    (tmp_path / "bench/b.py").write_text("def f():\n    from bench.a import g\n")
+    (tmp_path / "bench/c.py").write_text("from bench.b import f\n")
+    assert cycles(import_graph(tmp_path)) == [["bench.a", "bench.b"]]

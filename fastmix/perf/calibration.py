@@ -64,11 +64,11 @@ def header(dev, gpu, peak_known: bool) -> dict:
 
 def steady_host_allocator(device) -> None:
     """On a CPU, time what a training run gets: its loaders keep batch-sized buffers in glibc's heap
-    (loaders.cpu_alloc). Without that, a fresh process mmaps and zeroes large temporaries on every
+    (fastmix.devices.allocator). Without that, a fresh process mmaps and zeroes large temporaries on every
     call (channels_last depthwise backward most), and timings depend on what ran before: measured
     0.99 s vs 0.47 s for the same 768/32 channels_last step."""
     if device.type == "cpu":
-        from loaders.cpu_alloc import keep_batch_buffers
+        from fastmix.devices.allocator import keep_batch_buffers
         keep_batch_buffers()
 
 
