@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.cli import alias  # noqa: E402
+
 from fastmix.perf.calibration import run_op_calibration  # noqa: E402
 from fastmix.perf.opbench import quick_cases  # noqa: E402
 from fastmix.perf.profiler import ProfileSpec  # noqa: E402
@@ -43,18 +45,19 @@ def end_to_end_specs() -> list[ProfileSpec]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results/calibration-cpu2")
+    p.add_argument("--out", default="bench/results/calibration-cpu2", help="folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration per sweep")
     p.add_argument("--sweeps", type=int, default=3, help="passes over all configurations")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--reps", type=int, default=3, help="back-to-back repetitions per op timing")
+    p.add_argument("--repeats", type=int, default=3, help="back-to-back repetitions per op timing")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    alias(p, "--reps", "--repeats")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     result = run_op_calibration(quick_cases(torch.device("cpu"), "fp32"), end_to_end_specs(), args.out,
-                                steps=args.steps, warmup=args.warmup, device="cpu", reps=args.reps,
+                                steps=args.steps, warmup=args.warmup, device="cpu", reps=args.repeats,
                                 sweeps=args.sweeps)
     result["load_average"] = {"before": load_before, "after": os.getloadavg(), "cores": os.cpu_count()}
     path = Path(args.out) / "calibration.json"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cli import add_out, out_path
 from bench.decode import decode_rate_per_core
 from fastmix.data.convert import ConvertConfig, convert
 from fastmix.data.images import open_rgb
@@ -273,8 +274,9 @@ def main(argv=None) -> int:
                         "jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256")
     p.add_argument("--storage-size", type=int, default=160, help="training resolution for the storage table")
     p.add_argument("--storage-quality", type=int, default=90)
-    p.add_argument("--out", default=str(RESULTS / f"convert-{platform.node() or 'host'}.json"))
+    add_out(p, "bench/results", "convert-<host>", "the JSON and PNGs")
     a = p.parse_args(argv)
+    a.out = str(out_path(p, a, RESULTS, f"convert-{platform.node() or 'host'}"))
     files = photo_files(a.images)
     result = {"host": platform.node(), "cpus": os.cpu_count(), "images_source": a.images or "demo",
               "n_images": len(files), "platform": platform.platform()}

@@ -5,7 +5,7 @@
         --calibration runs/calib-t4/calibration.json --measured runs/gpu/gpu.json --measured-gpu t4
 
 The training rate of `--model` per GPU and image size is the cost model's
-(fastmix.perf.cost.predict_step at `--batch`, fp16 where the GPU has fp16 tensor cores, else
+(fastmix.perf.cost.predict_step at `--batch-size`, fp16 where the GPU has fp16 tensor cores, else
 bf16, else fp32), or the GPU suite's measured rate where `--measured` has one (bench.gpu's
 matrix cells, fastest layout; `--measured-gpu` names the catalog GPU it ran on). A loader's
 rate per core is images/s over CPU cores used, from a bench.loaders JSON (same image size; the
@@ -19,6 +19,7 @@ import json
 import math
 from pathlib import Path
 
+from bench.cli import add_out, alias, out_path
 from fastmix.devices.catalog import load_catalog
 from fastmix.perf.cost import Efficiency, predict_step
 
@@ -126,27 +127,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loaders", default=str(RESULTS / "loaders-cpu2.json"), help="a bench.loaders JSON")
     p.add_argument("--model", default="convmixer_768_32")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="the training batch the rates are predicted at")
     p.add_argument("--sizes", default="224,160,128")
     p.add_argument("--calibration", help="calibration.json (tools/profile_gpu.py); default: stated efficiencies")
     p.add_argument("--catalog", help="GPU catalog YAML overriding/adding entries (fastmix.devices.catalog)")
     p.add_argument("--measured", help="a bench.gpu gpu.json whose measured training rates replace predictions")
     p.add_argument("--measured-gpu", help="catalog key of the GPU the --measured file ran on")
-    p.add_argument("--out", help="JSON path (default: feed-<loaders name>.json beside the loaders file)")
+    add_out(p, "the --loaders file's folder", "feed-<what follows loaders- in its name>", "the JSON and markdown")
+    alias(p, "--batch", "--batch-size")
     a = p.parse_args(argv)
     path = Path(a.loaders)
+    out = out_path(p, a, path.parent, path.stem.replace("loaders-", "feed-"))
     if not path.is_file():
         raise SystemExit(f"{path}: not found (run python -m bench.loaders first)")
     loaders = json.loads(path.read_text())
     rates = per_core_rates(loaders, path)
     eff = Efficiency.load(a.calibration) if a.calibration else Efficiency()
     sizes = [int(s) for s in a.sizes.split(",")]
-    rows = table(a.model, a.batch, sizes, rates, measured_rates(a.measured, a.measured_gpu, a.model), eff,
+    rows = table(a.model, a.batch_size, sizes, rates, measured_rates(a.measured, a.measured_gpu, a.model), eff,
                  load_catalog(a.catalog))
-    out = Path(a.out) if a.out else path.with_name(path.name.replace("loaders-", "feed-"))
     result = {"loaders": str(path), "loader_device": loaders.get("device"),
               "loader_cpu_count": loaders.get("cpu_count"),
-              "model": a.model, "batch": a.batch, "efficiency": eff.source, "rows": rows}
+              "model": a.model, "batch": a.batch_size, "efficiency": eff.source, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     md = markdown(rows)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.cli import add_out, alias, out_path
 from bench.decode import decode_rate_per_core
 from bench.variants import BETON_READERS, apply_suffix, ffcv_side, prepare_side_variant, side_variant
 from loaders import make_loader
@@ -241,11 +242,11 @@ def stage_breakdown(rows: list[dict], data: str, a, out: Path, device_name: str)
             continue
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             staged.append(pool.submit(stages.measure_stages, r["backend"], data, r["image_size"], a.batch_size,
-                                      a.stage_repeats, a.imagefolder).result())
+                                      a.repeats, a.imagefolder).result())
         print(staged[-1], flush=True)
     stages.with_loader_rows(staged, rows)
     stages.write(staged, out, {"data": data, "device": device_name, "workers": a.workers,
-                               "batch_size": a.batch_size, "repeats": a.stage_repeats, "loader_rows": "same run"})
+                               "batch_size": a.batch_size, "repeats": a.repeats, "loader_rows": "same run"})
 
 
 def main(argv=None) -> int:
@@ -263,15 +264,18 @@ def main(argv=None) -> int:
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this much steady-state time")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float16" if torch.cuda.is_available() else "float32")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                   default="float16" if torch.cuda.is_available() else "float32", help="the batches' dtype")
     p.add_argument("--model", default="convmixer_768_32")
     p.add_argument("--model-batch", type=int, default=4)
     p.add_argument("--model-steps", type=int, default=2)
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/loaders-<device>.json)")
+    add_out(p, "bench/results", "loaders-<cpu|gpu><workers>", "the JSON and PNG (and the stages-* ones)")
     p.add_argument("--stages", action="store_true",
                    help="also the per-stage breakdown of each CPU backend (bench/stages.py): stages-*.json + PNG")
-    p.add_argument("--stage-repeats", type=int, default=3, help="best of this many passes per stage")
+    p.add_argument("--repeats", type=int, default=3, help="--stages: best of this many passes per stage")
+    alias(p, "--stage-repeats", "--repeats")
     a = p.parse_args(argv)
+    out = out_path(p, a, RESULTS, f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}")
     data = prepare_images(a.images) if a.images else a.data
     manifest = json.loads((Path(data) / "manifest.json").read_text())
     if a.imagefolder is None and manifest["source"]["layout"] == "imagefolder":
@@ -314,7 +318,6 @@ def main(argv=None) -> int:
                                          for fmt, b in jpegs.items()},
                                "per_core_images_per_s": {k: round(v, 1) for k, v in per_core.items()}}, "batch_size": a.batch_size, "dtype": a.dtype,
               "torch": torch.__version__, "platform": platform.platform(), "rows": rows}
-    out = Path(a.out or RESULTS / f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))

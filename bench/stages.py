@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.cli import add_out, out_path
 from bench.variants import apply_suffix, side_variant
 
 CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "opencv", "dali-cpu", "nvjpeg")
@@ -366,8 +367,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="224,160")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(RESULTS / "stages-cpu.json"))
+    add_out(p, "bench/results", "stages-cpu", "the JSON and PNG")
     a = p.parse_args(argv)
+    out = out_path(p, a, RESULTS, "stages-cpu")
     manifest = json.loads((Path(a.data) / "manifest.json").read_text())
     folder = a.imagefolder or manifest["source"]["path"]
     rows = []
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
                 print(f"skip {b}: {e}")
                 continue
             print(rows[-1], flush=True)
-    write(rows, Path(a.out), {"data": a.data, "batch_size": a.batch_size, "repeats": a.repeats})
+    write(rows, out, {"data": a.data, "batch_size": a.batch_size, "repeats": a.repeats})
     return 0
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from bench.cli import alias  # noqa: E402
 from bench.gpu import feed, report, runs, steps  # noqa: E402
 from bench.gpu.children import compile_cache_env  # noqa: E402
 from bench.gpu.runner import Phase, Suite, write_json  # noqa: E402
@@ -90,17 +91,18 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="an already converted folder (train + val) instead of --images")
     p.add_argument("--small-images", help="64 px <wnid>_*.JPEG photos (a folder, or a Tiny ImageNet .tar.gz) "
                                           "for the loader rows at 64 px")
-    p.add_argument("--repeat", type=int, default=10, help="--images: each photo is linked this many times "
-                                                          "(9 train copies, 1 val)")
+    p.add_argument("--repeats", type=int, default=10, help="--images: each photo is linked this many times "
+                                                           "(9 train copies, 1 val)")
     p.add_argument("--smoke", action="store_true", help="the same code paths on the CPU with tiny sizes")
     p.add_argument("--phases", help="comma-separated subset of: " + ", ".join(ph.name for ph in PHASES))
+    alias(p, "--repeat", "--repeats")
     a = p.parse_args(argv)
     for flag, path in (("--images", a.images), ("--small-images", a.small_images), ("--data", a.data)):
         if path and not Path(path).exists():
             print(f"bench.gpu: {flag} {path}: not found", file=sys.stderr)
             return 2
-    if a.repeat < 2:
-        print(f"bench.gpu: --repeat {a.repeat}: at least 2 (one copy goes to val)", file=sys.stderr)
+    if a.repeats < 2:
+        print(f"bench.gpu: --repeats {a.repeats}: at least 2 (one copy goes to val)", file=sys.stderr)
         return 2
     if not a.smoke and not torch.cuda.is_available():
         print("bench.gpu: no CUDA device here; use --smoke for the CPU run", file=sys.stderr)
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True  # fixed shapes: what training runs with
     device = torch.device("cpu" if a.smoke else "cuda")
     out = Path(a.out)
-    ctx = Context(out, device, a.smoke, a.images, a.data, a.repeat, a.small_images)
+    ctx = Context(out, device, a.smoke, a.images, a.data, a.repeats, a.small_images)
     os.environ.update(compile_cache_env(ctx.work))  # the parent's compiles share the children's cache
     budget = a.budget_s if a.budget_s is not None else (120.0 if a.smoke else 420.0)
     left = budget - (time.monotonic() - STARTED)

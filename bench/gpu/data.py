@@ -3,7 +3,7 @@
 `--images` is a folder of real `<wnid>_*.JPEG` photos (searched recursively); `--small-images` the
 same for 64 px photos (a folder, or a Tiny ImageNet .tar.gz of which the first SMALL_LIMIT train
 photos are read), measured at 64 px in the loader rows for small images. Photos are converted on
-the machine with tools/convert_subset.py; each is linked `--repeat` times under other names (so
+the machine with tools/convert_subset.py; each is linked `--repeats` times under other names (so
 ~150 photos give enough batches for 100 updates); every copy is still a real JPEG decode.
 
 Without photos the loaders decode small synthetic JPEGs, several times cheaper than ImageNet's:

@@ -37,8 +37,9 @@ def measure_rows(ctx, data: Path, backends: list[str], size: int, tag: str) -> l
     for k, backend in enumerate(backends):
         share = time_left(ctx) / (len(backends) - k)  # a hanging loader loses its row only
         out = ctx.work / f"loader-{tag}-{backend}.json"
-        cmd = [sys.executable, "-m", "bench.gpu.feed", "--backend", backend, "--data", str(data), "--size", str(size),
-               "--batch-size", str(ctx.batch), "--device", str(ctx.device), "--out", str(out),
+        cmd = [sys.executable, "-m", "bench.gpu.feed", "--backend", backend, "--data", str(data),
+               "--image-size", str(size), "--batch-size", str(ctx.batch), "--device", str(ctx.device),
+               "--report", str(out),
                "--epochs", "1" if ctx.smoke else "2", "--min-seconds", "0.5" if ctx.smoke else "2"]
         code, log = run_child(ctx, f"loader-{tag}-{backend}", cmd, timeout=max(share, 5.0))
         row = json.loads(out.read_text()) if code == 0 and out.is_file() else \
@@ -79,9 +80,10 @@ def loaders(ctx) -> dict:
 def main(argv=None) -> int:
     """One loader row, in a child: bench.loaders.measure on all cores, written as JSON."""
     p = argparse.ArgumentParser(description="one loader row of bench.gpu's loaders phase")
-    for flag in ("--backend", "--data", "--device", "--out"):
+    for flag in ("--backend", "--data", "--device"):
         p.add_argument(flag, required=True)
-    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--report", required=True, help="JSON file to write")
+    p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--min-seconds", type=float, default=2.0)
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     args = argparse.Namespace(batch_size=a.batch_size, device=a.device, workers=os.cpu_count() or 1,
                               dtype="float16" if a.device.startswith("cuda") else "float32", imagefolder=None,
                               epochs=a.epochs, min_seconds=a.min_seconds)
-    Path(a.out).write_text(json.dumps(measure(a.backend, a.data, a.size, args)) + "\n")
+    Path(a.report).write_text(json.dumps(measure(a.backend, a.data, a.image_size, args)) + "\n")
     return 0
 
 

@@ -1,12 +1,11 @@
 """The one command for a lent GPU machine: run the suite, and bring its results back in any case.
 
-    python -m bench.gpu.lent --images ../shared/data/imagenet-sample \\
-        --small-images ../shared/data/tiny-imagenet-b.tar.gz          # results into $OUT
+    python -m bench.gpu.lent --images PHOTOS --small-images tiny-imagenet-200.tar.gz   # results into $OUT
 
 Runs `python -m bench.gpu --out <temporary folder> --budget-s B ...` under an outer timeout
 (B + GRACE_S: SIGTERM to the suite, which writes gpu.json and summary.md and stops; SIGKILL
 KILL_AFTER_S later), then copies gpu.json, summary.md, calibration.json, the PNGs and the run's
-log tail (at most 8 files, one folder, none over 16 MiB) into --results (default $OUT), also
+log tail (at most 8 files, one folder, none over 16 MiB) into --out (default $OUT), also
 after a timeout or a crash. Exit status: the suite's; 124 when the outer timeout fired.
 """
 from __future__ import annotations
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench.cli import alias
 
 GRACE_S = 45         # past the budget: the suite's reserve, the charts, a slow stop
 KILL_AFTER_S = 15    # after SIGTERM
@@ -45,14 +46,15 @@ def collect(src: Path, dest: Path, log: Path | None) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=os.environ.get("OUT"), help="folder that comes back (default: $OUT)")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder that comes back (default: $OUT)")
     p.add_argument("--budget-s", type=float, default=420.0, help="the suite's budget (outer timeout: + %d s)" % GRACE_S)
     p.add_argument("--smoke", action="store_true", help="rehearse on the CPU")
+    alias(p, "--results", "--out")
     a, suite_args = p.parse_known_args(argv)
-    if not a.results:
-        print("bench.gpu.lent: no results folder: pass --results DIR or set $OUT", file=sys.stderr)
+    if not a.out:
+        print("bench.gpu.lent: no results folder: pass --out DIR or set $OUT", file=sys.stderr)
         return 2
-    dest = Path(a.results)
+    dest = Path(a.out)
     if dest.exists() and not dest.is_dir():
         print(f"bench.gpu.lent: {dest}: not a folder", file=sys.stderr)
         return 2
