@@ -1,0 +1,178 @@
+"""docs/benchmarks.md, generated from the result files under bench/results/.
+
+    python -m bench.report            # rewrite docs/benchmarks.md
+    python -m bench.report --check    # exit 1, naming the first differing line, if it is stale
+
+Every table comes from a JSON file; the prose around it is fixed text (bench/report_text.py) plus
+sentences whose numbers are computed from the same JSON, so no number is typed by hand. The page is
+a list of sections, each a heading, the JSON it reads (relative to the results folder) and a
+function JSON -> markdown. A new measurement is a new entry in SECTIONS.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bench import report_text as text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    source: str                      # JSON path under the results folder
+    render: Callable[[dict], str]    # the parsed JSON -> the section's markdown body
+    missing: str | None = None       # what the page says while the file does not exist; None: required
+
+
+def convert_quality(d: dict) -> str:
+    from bench.convert import markdown
+    return text.CONVERT_QUALITY + "\n\n" + markdown(d["table"], d["n_images"])
+
+
+def convert_throughput(d: dict) -> str:
+    lines = ["| `--workers` | shards: img/s (per worker) | `.beton`: img/s | end to end: img/s |",
+             "|---:|---:|---:|---:|"]
+    lines += [f"| {r['workers']} | {r['wds_images_per_s']:.0f} ({r['wds_images_per_s_per_worker']:.0f}) | "
+              f"{r['ffcv_images_per_s']:.0f} | {r['total_images_per_s']:.0f} |" for r in d["throughput"]]
+    return text.CONVERT_THROUGHPUT.format(n=d["n_images"], cpus=d["cpus"]) + "\n\n" + "\n".join(lines)
+
+
+def _pil_rate(rows: list[dict], size: int) -> float | None:
+    return next((r["images_per_s"] for r in rows if r["backend"] == "pil" and r["image_size"] == size), None)
+
+
+def loaders(d: dict) -> str:
+    rows = d["rows"]
+    lines = ["| backend | size | img/s | × pil | CPU cores used | decode limit img/s | vs limit | first epoch s | "
+             "peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pil = _pil_rate(rows, r["image_size"])
+        lines.append(f"| {r['backend']} | {r['image_size']} | {r['images_per_s']:.0f} | "
+                     f"{r['images_per_s'] / pil:.2f} | {r['cpu_cores_used']} | {r['decode_limit_images_per_s']:.0f} | "
+                     f"{r['images_per_s'] / r['decode_limit_images_per_s']:.2f} | {r['first_epoch_s']} | "
+                     f"{r['peak_rss_mb']:.0f} |" if pil else f"| {r['backend']} | {r['image_size']} | … |")
+    best = []
+    for size in dict.fromkeys(r["image_size"] for r in rows):
+        real = [r for r in rows if r["image_size"] == size and r["backend"] != "synthetic"]
+        top = max(real, key=lambda r: r["images_per_s"])
+        same = max((r for r in real if "@" not in r["backend"]), key=lambda r: r["images_per_s"])
+        best.append(f"at {size} px `{same['backend']}` {same['images_per_s'] / _pil_rate(rows, size):.2f}× pil on "
+                    f"the same storage" + (f", `{top['backend']}` {top['images_per_s'] / _pil_rate(rows, size):.2f}×"
+                                           if top is not same else ""))
+    head = text.LOADERS.format(images=d["images"], workers=d["workers"], cpus=d["cpu_count"], batch=d["batch_size"],
+                               dtype=d["dtype"], torch=d["torch"])
+    return head + "\n\n" + "\n".join(lines) + "\n\nFastest real backend per size: " + "; ".join(best) + ".\n\n" + \
+        text.LOADERS_AFTER
+
+
+def stages(d: dict) -> str:
+    from bench.stages import markdown
+    return text.STAGES.format(repeats=d["repeats"]) + "\n\n" + markdown(d["rows"]) + "\n\n" + text.STAGES_AFTER
+
+
+def storage(d: dict) -> str:
+    from bench.convert import storage_markdown
+    size = next(int(k.split("_")[2]) for k in d["storage"][0] if k.startswith("decode_crop_"))
+    return text.STORAGE.format(n=d["n_images"], size=size) + "\n\n" + storage_markdown(d["storage"], size) + \
+        "\n\n" + text.STORAGE_AFTER
+
+
+def feed(d: dict) -> str:
+    from bench.feed import markdown
+    return text.FEED.format(model=d["model"], batch=d["batch"], efficiency=d["efficiency"],
+                            cpus=d["loader_cpu_count"]) + "\n\n" + markdown(d["rows"])
+
+
+def calibration_summary(d: dict) -> str:
+    """How many held-out steps are within 15 %, and the worst, from one calibration.json."""
+    held = [r for r in d["predictions"] if not r["calibration"]]
+    within = sum(abs(r["error"]) <= 0.15 for r in held)
+    worst = max(held, key=lambda r: abs(r["error"]))
+    return f"{within} of {len(held)} held-out steps within 15 %, worst {100 * worst['error']:+.1f} % ({worst['label']})"
+
+
+def calibration(d: dict) -> str:
+    from fastmix.perf.calibration import table
+    others = []
+    for name in ("calibration-cpu2-repeat", "calibration-cpu2-load8"):
+        path = RESULTS / name / "calibration.json"
+        if path.is_file():
+            others.append(f"`bench/results/{name}/`: {calibration_summary(json.loads(path.read_text()))}")
+    load = d.get("load_average", {})
+    head = text.CALIBRATION.format(summary=calibration_summary(d), before=load.get("before", ["?"])[0],
+                                   after=load.get("after", ["?"])[0])
+    return head + "\n\n" + table(d["predictions"], d).rstrip("\n") + "\n\nOther runs of the same command: " + \
+        "; ".join(others) + ".\n\n" + text.CALIBRATION_AFTER
+
+
+SECTIONS = [
+    Section("Conversion: max side and quality", "convert-quality-cpu2.json", convert_quality),
+    Section("Conversion throughput", "convert-cpu2.json", convert_throughput),
+    Section("Loader throughput", "loaders-cpu2.json", loaders),
+    Section("Where the time goes: per-stage cost", "stages-cpu2.json", stages),
+    Section("Storage choices: write mode and max side", "storage-cpu2.json", storage),
+    Section("Cores to feed each GPU", "feed-cpu2.json", feed),
+    Section("Cost model calibration on this CPU", "calibration-cpu2/calibration.json", calibration),
+    Section("Time to accuracy", "tta/tta.json", lambda d: _no_table("tta/tta.json"), missing=text.TTA_MISSING),
+]
+
+
+def _no_table(source: str) -> str:
+    raise SystemExit(f"bench.report: bench/results/{source} exists, but its section has no table function yet: "
+                     f"write one and put it in SECTIONS")
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return "".join(c for c in title.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+def render(results: Path = RESULTS, sections: list[Section] = SECTIONS) -> str:
+    parts = [text.HEADER, "\n".join(f"- [{s.title}](#{anchor(s.title)})" for s in sections)]
+    for s in sections:
+        path = results / s.source
+        if not path.is_file():
+            if s.missing is None:
+                raise SystemExit(f"bench.report: {path}: result file not found (section {s.title!r})")
+            parts.append(f"## {s.title}\n\n{s.missing}")
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise SystemExit(f"bench.report: {path}: not JSON ({e})") from e
+        parts.append(f"## {s.title}\n\n{s.render(data).strip()}\n\nSource: `bench/results/{s.source}`.")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(RESULTS), help="the folder of result files (default: bench/results)")
+    p.add_argument("--page", default=str(PAGE), help="the page to write or check (default: docs/benchmarks.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the page differs")
+    a = p.parse_args(argv)
+    page, out = render(Path(a.results)), Path(a.page)
+    if a.check:
+        old = out.read_text() if out.is_file() else ""
+        if old == page:
+            print(f"{out}: up to date")
+            return 0
+        diff = list(difflib.unified_diff(old.splitlines(), page.splitlines(), str(out), "generated", n=0, lineterm=""))
+        print(f"{out}: differs from what `python -m bench.report` generates:", *diff[:12], sep="\n", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The fixed prose of docs/benchmarks.md (bench/report.py puts the tables between it).
+
+Numbers that a result file holds are not typed here: the report computes them. What stays here is
+how each measurement was taken and what it means; `{name}` fields are filled from the JSON.
+"""
+
+HEADER = """# Benchmarks
+
+```bash
+python -m bench.report            # regenerate this page from bench/results/*.json
+python -m bench.report --check    # exit 1 if this page differs from what the JSON gives
+```
+
+Every table on this page is generated from a result file under `bench/results/` (named under each
+table); `tests/test_report.py` fails when the page and the files disagree. Edit the text in
+`bench/report_text.py` and the tables in `bench/report.py`, never this page. The CPU measurements
+ran on a 2-core AMD EPYC VM (no GPU), one run per table; the same backends moved by up to 40 %
+between quiet runs of that machine, so compare ratios within one table rather than across tables.
+How to rerun each measurement on your own machine: docs/loaders.md, docs/convert.md, docs/cost.md;
+on a GPU: docs/gpu.md."""
+
+CONVERT_QUALITY = """```bash
+python -m bench.convert --images DIR --skip-throughput --out bench/results/convert-quality-cpu2.json
+```
+
+`--images` is a flat folder of real photos (here 500 ImageNet photos, one per class). Each is
+re-encoded as ffcv's `RGBImageField` does (OpenCV/libjpeg-turbo) at every max side × quality and
+decoded on one core (`bench/decode.py`: OpenCV's libjpeg-turbo, one thread, best of 5 passes).
+PSNR is against the shrunk, uncompressed image. Single passes on this VM vary by ~20 % between
+neighbouring rows. The converter's defaults are `--max-side 512 --quality 90 --write-mode jpg`
+(why: docs/convert.md)."""
+
+CONVERT_THROUGHPUT = """```bash
+python -m bench.convert --images DIR --skip-quality --out bench/results/convert-cpu2.json
+```
+
+The same {n} photos through `fastmix.data.convert` on this {cpus}-core machine, per `--workers`
+(ffcv's ~10 s first import excluded). `pytest bench/ --benchmark-only` times the per-image work
+(`prepare`) with pytest-benchmark."""
+
+LOADERS = """```bash
+python -m bench.loaders --images DIR --sizes 224,160,128 --stages \\
+  --backends pil,pil:mmap,pil-wds,ffcv,ffcv-fulldecode,ffcv@320,opencv,opencv@320,dali-cpu,nvjpeg,synthetic
+```
+
+`--images` converts the photos once ({images} used here), then measures each backend in a fresh
+process: a warm-up epoch, then at least 4 epochs and 2 s, batch {batch}, {dtype}, `--workers
+{workers}`, on this {cpus}-core CPU, torch {torch}, all in one run. The decode limit is
+libjpeg-turbo decoding the same stored bytes on one core (`bench/decode.py`), times the workers;
+for ffcv and opencv those bytes are the `.beton`'s own q90 copies, which decode faster than the
+photos in the shards. "CPU cores used" is process CPU time (workers included) over wall time. The
+same augmentation everywhere: RandomResizedCrop (scale 0.08–1, ratio 3/4–4/3) and a horizontal
+flip. The befores of the loader work run in the same run: `ffcv-fulldecode` is ffcv with its own
+full-decode decoders, and `NAME:mmap` hands its batches to normalization on fresh mmap'd pages
+(glibc's allocator defaults, before `fastmix/devices/allocator.py`). `NAME@320` is that backend on
+the same photos stored at max side 320 (converted once beside the data). `synthetic` makes no
+images at all: it is the ceiling, not a loader to pick."""
+
+LOADERS_AFTER = """Why `opencv` beats ffcv on the same bytes (next table): a cheaper resize (bilinear after a
+small Gaussian, against ffcv's INTER_AREA) and no numba pipeline or worker processes around the
+decode. It is also closer to the baseline's pixels (`psnr_vs_pil_db` in the stage JSON). The
+nvjpeg backend's CPU fallback is the slowest: its batched `roi_align` crop-resize is written for a
+GPU and runs in float on the CPU (hand-off+other in the stage table)."""
+
+STAGES = """```bash
+python -m bench.stages --data data/bench-imagenet-sample --sizes 224,160,128   # or bench.loaders --stages
+```
+
+Each stage of every CPU backend's train path runs on its own, on one core, over the same stored
+images, best of {repeats}. DALI's stages run inside its pipeline, so they are differences between
+pipelines that stop one operator later. "hand-off+other" is the loader's measured CPU time per
+image (cores used / img/s, loader table) minus its stages: worker IPC or thread hand-off,
+batching, scheduling and contention between busy cores; stage timings are best-of on an idle
+core and the loader columns one busy window, so it can come out negative."""
+
+STAGES_AFTER = """PSNR vs PIL (ffcv and opencv rows): their train outputs against torchvision's RandomResizedCrop
+(PIL decode, crop, antialiased bilinear) of the same stored bytes and crop boxes, median over the
+images; it measures how far each fast path is from the baseline's augmentation (the `.beton`'s own
+re-encode loss is in the storage table). This run's reference resized with PIL's `resize(box=)`,
+which lets the filter read a pixel past the box; the reference now crops first, as torchvision
+does, and a rerun of `python -m bench.stages --backends ffcv,opencv --sizes 224,160,128` moved
+every median by at most 0.3 dB (that rerun's JSON is not committed)."""
+
+STORAGE = """```bash
+python -m bench.convert --images DIR --skip-throughput --skip-quality \\
+  --storage jpg:512,jpg:384,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 --storage-size {size} \\
+  --out bench/results/storage-cpu2.json
+```
+
+Each row is a `.beton` written by `fastmix.data.convert` (ffcv's `RGBImageField`, q90) from the
+{n} photos: stored KB per image, the share stored as JPEG, the decode limit's rate on one core
+(raw images need no decode, so `proportion` is the rate per image of the mix), decode +
+RandomResizedCrop to {size} px through the ffcv backend's decoder on one core, and PSNR against the
+source photo, at the stored size (the JPEG loss) and after the val transform at {size} px (JPEG and
+resolution loss together). GB = KB/image × 126,689 ImageNet-100 train images."""
+
+STORAGE_AFTER = """For epochs at low resolution a smaller max side decodes several times faster at a small PSNR
+cost at that resolution; at 224 px keep the 512 px `.beton` (full resolution for large crops).
+`raw` needs no decode but several times the disk of q90 JPEG at the same side, and `proportion`
+sits between. A lower max side is a second `.beton` (docs/convert.md)."""
+
+FEED = """```bash
+python -m bench.feed --sizes 224,160,128   # reads bench/results/loaders-cpu2.json
+```
+
+Each catalog GPU's training rate for {model} (batch {batch}; the cost model's `predict_step`,
+efficiencies: {efficiency}; fp16 where the GPU has fp16 tensor cores) divided by each loader's
+measured images/s per CPU core (`images_per_s / cpu_cores_used` in the loader JSON). Uncalibrated
+rates carry the cost model's range; each cell gives the cores at the predicted rate and, after ≤,
+at the fast end of that range. Cores are the loader machine's ({cpus}-core VM) cores; the befores
+and synthetic are left out. `tools/estimate_cost.py --plan` reads the same per-core rates."""
+
+CALIBRATION = """```bash
+python -m bench.calibration --threads 1
+```
+
+One op-level calibration (`fastmix.perf.opbench.quick_cases` on a CPU: every distinct op of the
+three ImageNet variants at one small resolution each, batches 1 and 3, both layouts, fp32, timed
+alone; AdamW over each variant's parameters; fixed costs from a small probe ConvMixer), then
+held-out whole steps, each measured (median of 3 sweeps over all configurations, 3 steps each
+after 2 warm-up steps) and predicted. The column "end-to-end calibration error" is the older
+profiler-breakdown calibration, fitted on the first row, as a cross-check. Load average
+{before:.1f} before, {after:.1f} after. The goal is 15 % on every row: {summary}."""
+
+CALIBRATION_AFTER = """Both the op benchmark and the whole steps run with glibc keeping large buffers in its heap, as
+every CPU training run does once its loader normalizes a batch (`fastmix/devices/allocator.py`;
+`fastmix.perf.calibration.steady_host_allocator`). Without it a fresh process mmaps and zeroes
+large temporaries on every call and timings depend on what ran before. The op benchmark times the
+ops round-robin over the cases and the whole steps are measured in sweeps over all configurations,
+so a slow spell of the shared machine lands on a few timings of every variant instead of on all
+timings of one."""
+
+TTA_MISSING = """Tiny ImageNet (64 px) on a 2-core CPU: the `tiny64` recipe, time to accuracy per loader. Not
+measured yet: the page gets its table when `bench/results/tta/tta.json` exists."""
