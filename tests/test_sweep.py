@@ -84,3 +84,55 @@ def test_grid_errors_are_clear():
     with pytest.raises(sweep.SweepError, match="expected field=v1,v2"):
         sweep.parse_grid(["kernel"])
     assert sweep.parse_grid(["lr=0.01,0.05", "act=gelu,relu"]) == {"lr": [0.01, 0.05], "act": ["gelu", "relu"]}
+
+
+def test_a_repeated_axis_is_refused():
+    with pytest.raises(sweep.SweepError, match="'kernel' is already an axis"):
+        sweep.parse_grid(["kernel=3,5", "kernel=7"])
+
+
+@pytest.mark.parametrize("grid, words", [
+    (["kernel=3,abc"], ["kernel=abc", "model_overrides.kernel", "'abc'"]),
+    (["act=gelu,tanh"], ["act=tanh", "'tanh'", "gelu, relu"]),
+    (["lr=0.01,fast"], ["lr=fast", "lr", "'fast'"]),
+    (["epochs=2,0"], ["epochs=0", "epochs", "> 0"]),
+    (["model=convmixer_256_8,convmixer_9"], ["model=convmixer-9", "'convmixer_9'"]),
+])
+def test_every_cell_is_checked_before_the_first_trains(recipe, tmp_path, monkeypatch, capsys, grid, words):
+    """The bad value sits in the last cell: the sweep is refused in one line, and nothing trains."""
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a cell trained before the grid was checked"))
+    out = tmp_path / "sweep"
+    args = ["--recipe", str(recipe), "--grid", "patch=4,8", *[a for g in grid for a in ("--grid", g)], "--out", str(out)]
+    assert sweep_tool.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: cell ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not out.exists()
+
+
+def test_a_bf16_cell_on_a_cpu_is_predicted_at_bf16_or_says_there_is_no_prediction(recipe, tmp_path, monkeypatch, capsys):
+    """A cell that trained in bf16 on a CPU never crashes the sweep in its prediction (it used to raise
+    "CPU has no bf16 tensor cores" after the cell had trained): with AVX512-BF16 it is predicted at
+    bf16, on a CPU whose bf16 peak is unknown (AMX) the row says so in one line."""
+    from fastmix.devices.catalog import load_catalog
+    out = tmp_path / "sweep"
+    grid = sweep.parse_grid(["precision=bf16"])
+    base = sweep_tool.load_recipe(str(recipe), epochs=1)
+    flags = {"avx512": frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}),
+             "amx": frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})}
+    monkeypatch.setattr(sweep, "present_device", lambda cat: load_catalog(host_flags=flags["avx512"])["cpu"])
+    [row] = sweep.run_sweep(base, grid, out)
+    assert row["status"] == "trained" and row["predicted_epoch_s"] > 0
+    assert row["predicted_on"].startswith("cpu bf16 (")
+    fp32 = sweep.predict_epoch(base, sweep.ConvMixerConfig(256, 8, 5, 2), "fp32", 40, 10, None)[0]
+    assert row["predicted_epoch_s"] != fp32  # predicted for the precision that ran, not fp32
+    capsys.readouterr()
+
+    monkeypatch.setattr(sweep, "present_device", lambda cat: load_catalog(host_flags=flags["amx"])["cpu"])
+    [row] = sweep.run_sweep(base, grid, out)
+    assert row["status"] == "done before" and row["predicted_epoch_s"] is None
+    assert row["predicted_on"].startswith("no prediction: the catalog gives CPU") and "no bf16 peak" in row["predicted_on"]
+    assert f"sweep: precision=bf16: {row['predicted_on']}" in capsys.readouterr().out.splitlines()
+    with open(out / "sweep.csv") as f:
+        assert next(csv.DictReader(f))["predicted_epoch_s"] == ""

@@ -43,8 +43,9 @@ def main(argv=None) -> int:
         print(f"sweep: {e}", file=sys.stderr)
         return 2
     for r in rows:
+        predicted = r["predicted_on"] if r["predicted_epoch_s"] is None else f"predicted {r['predicted_epoch_s']:.1f}"
         print(f"  {r['cell']}: {r['status']}, best top-1 {r['best_top1']}, {r['epoch_time_s']:.1f} s/epoch "
-              f"(predicted {r['predicted_epoch_s']:.1f})")
+              f"({predicted})")
     print(f"wrote {a.out}/sweep.csv and {a.out}/sweep.png")
     return 0
 

@@ -2,15 +2,19 @@
 
 `load_catalog(path)` merges a user's YAML over the built-in one (field by field), so a user can
 fix a price or add a GPU without copying the file. `FASTMIX_CATALOG` names such a file too.
+The `cpu` entry is this host: its name says what /proc/cpuinfo reports (model, cores, vector
+unit, bf16 dot products, AMX), and its bf16 peak follows from those flags (`host_cpu`).
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
+
+from .environment import cpu_flags, cpu_isa, cpu_name
 
 BUILTIN = Path(__file__).parent / "gpus.yaml"
 FIELDS = ("name", "fp32", "fp16_tensor", "bf16_tensor", "bandwidth_gbs", "memory_gb", "price_per_hour")
@@ -42,7 +46,21 @@ class Device:
         return precision == "fp32" or {"fp16": self.fp16_tensor, "bf16": self.bf16_tensor}[precision] is not None
 
 
-def load_catalog(path: str | Path | None = None) -> dict[str, Device]:
+def host_cpu(entry: Device, flags: frozenset[str]) -> Device:
+    """The catalog's `cpu` entry described as this host: "CPU (2 cores, AMD EPYC: AVX-512, AVX512-BF16,
+    no AMX)". A catalog without a bf16 figure gets one from the flags: AVX512-BF16's VDPBF16PS does two
+    bf16 multiply-adds per fp32 lane at the rate of an fp32 FMA, so its peak is twice the fp32 one.
+    AMX tiles are an order above that and vary by part, so with AMX no figure is assumed (give one
+    with --catalog): predictions then say there is none rather than guess."""
+    bf16 = entry.bf16_tensor
+    if bf16 is None and "avx512_bf16" in flags and "amx_bf16" not in flags:
+        bf16 = 2 * entry.fp32
+    name = f"{entry.name} ({os.cpu_count()} cores, {cpu_name()}: {cpu_isa(flags)})"
+    return replace(entry, name=name, bf16_tensor=bf16)
+
+
+def load_catalog(path: str | Path | None = None, host_flags: frozenset[str] | None = None) -> dict[str, Device]:
+    """The catalog, its `cpu` entry describing a host with `host_flags` (default: this one's)."""
     entries = yaml.safe_load(BUILTIN.read_text())
     path = path or os.environ.get("FASTMIX_CATALOG")
     if path:
@@ -58,6 +76,8 @@ def load_catalog(path: str | Path | None = None) -> dict[str, Device]:
             raise ValueError(f"catalog entry {key!r}: missing {missing}")
         out[key] = Device(key=key, **{f: e[f] for f in FIELDS}, source=e.get("source", ""),
                           match=tuple(e.get("match", ())))
+    if "cpu" in out:
+        out["cpu"] = host_cpu(out["cpu"], cpu_flags() if host_flags is None else host_flags)
     return out
 
 

@@ -25,21 +25,48 @@ def dali_version() -> str:
     return ", ".join(found) or "not installed"
 
 
-def cpu_name() -> str:
+def _cpuinfo(field: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first `field : value` of /proc/cpuinfo (every core repeats it), or None off Linux."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (avx2, fma, avx512f, avx512_bf16, amx_bf16, ...)."""
+    return frozenset((_cpuinfo("flags", path) or "").split())
+
+
+# What matters for a matmul's peak, in the order a reader wants it: the widest vector unit, then the
+# low-precision dot products and matrix units (VDPBF16PS, AMX tiles) that decide bf16/fp16 speed.
+_EXTRAS = (("avx512_bf16", "AVX512-BF16"), ("avx512_fp16", "AVX512-FP16"), ("amx_bf16", "AMX-BF16"))
+
+
+def cpu_isa(flags: frozenset[str]) -> str:
+    """"AVX-512, AVX512-BF16, no AMX" for flags {avx512f, avx512_bf16, ...}: what the CPU computes with."""
+    vector = ("AVX-512" if "avx512f" in flags else "AVX2 FMA" if {"avx2", "fma"} <= flags
+              else "AVX2" if "avx2" in flags else "no AVX2" if flags else "flags unknown")
+    parts = [vector, *(name for flag, name in _EXTRAS if flag in flags)]
+    if flags and "amx_tile" not in flags:
+        parts.append("no AMX")
+    return ", ".join(parts)
 
 
 def describe(device) -> dict:
     """Device (name, capability, memory), CUDA/cuDNN/driver, package versions, CPU, NVML status."""
     import torch
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
+           "cpu_isa": cpu_isa(cpu_flags()),
            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
            "packages": {**{p: package_version(p) for p in PACKAGES}, "nvidia-dali": dali_version()}}
     if device.type == "cuda":

@@ -50,6 +50,8 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise SweepError(f"--grid {item!r}: expected field=v1,v2,...")
         if key not in MODEL_FIELDS and key not in TRAIN_FIELDS:
             raise SweepError(f"--grid {item!r}: {key!r} is neither a model field {MODEL_FIELDS} nor a TrainConfig field")
+        if key in grid:  # a second axis of the same name would silently replace the first
+            raise SweepError(f"--grid {item!r}: {key!r} is already an axis; give all its values in one --grid")
         grid[key] = [yaml.safe_load(v) for v in values.split(",")]
     if not grid:
         raise SweepError("no --grid given")
@@ -76,6 +78,18 @@ def cell_config(base: TrainConfig, cell: dict, out: Path) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def plan(base: TrainConfig, grid: dict[str, list], out: Path) -> list[tuple[dict, TrainConfig]]:
+    """Every cell's config, built (and so checked, model fields included) before the first cell
+    trains: a bad value in the last cell is refused now, not after the others have run."""
+    planned = []
+    for cell in cells(grid):
+        try:
+            planned.append((cell, cell_config(base, cell, out)))
+        except ValueError as e:
+            raise SweepError(f"cell {cell_name(cell)}: {e}") from None
+    return planned
+
+
 def _plain(obj):
     return json.loads(json.dumps(obj))
 
@@ -100,6 +114,20 @@ def _num(rows: list[dict], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) not in ("", None)]
 
 
+def predict_epoch(cfg: TrainConfig, model: ConvMixerConfig, precision: str, train_images: int, num_classes: int,
+                  eff: Efficiency | None) -> tuple[float | None, str]:
+    """(seconds, "device (efficiency source)") for one epoch at the precision the cell trained with,
+    or (None, "no prediction: why") when the catalog has no peak for it on this device: a finished
+    cell's measurement is never lost to a prediction that cannot be made."""
+    device = present_device(load_catalog())
+    if not device.supports(precision):
+        return None, f"no prediction: the catalog gives {device.name} no {precision} peak"
+    predicted = predict_run(model, device, precision, batch=cfg.batch_size, micro_batch=cfg.micro_batch_size,
+                            train_images=train_images, epochs=1, image_size=cfg.image_size,
+                            num_classes=num_classes, eff=eff)
+    return predicted["epoch_s"], f"{device.key} {precision} ({predicted['efficiency_source']})"
+
+
 def cell_row(cell: dict, cfg: TrainConfig, summary: dict, status: str, eff: Efficiency | None) -> dict:
     rows = summary["epochs"]
     final = rows[-1] if rows else {}
@@ -107,17 +135,14 @@ def cell_row(cell: dict, cfg: TrainConfig, summary: dict, status: str, eff: Effi
     classes = json.loads((Path(cfg.data) / "classes.json").read_text())
     train_images = json.loads((Path(cfg.data) / "manifest.json").read_text())["splits"]["train"]["written"]
     t = totals(convmixer_ops(model, cfg.image_size, len(classes)))
-    device = present_device(load_catalog())
-    predicted = predict_run(model, device, summary["precision"], batch=cfg.batch_size,
-                            micro_batch=cfg.micro_batch_size, train_images=train_images, epochs=1,
-                            image_size=cfg.image_size, num_classes=len(classes), eff=eff)
+    predicted_s, predicted_on = predict_epoch(cfg, model, summary["precision"], train_images, len(classes), eff)
     times = _num(rows, "epoch_time_s")
     return {**cell, "status": status, "epochs": len(rows), "final_top1": final.get("top1"),
             "best_top1": max(_num(rows, "top1"), default=None), "final_top5": final.get("top5"),
             "final_train_top1": final.get("train_top1"), "final_eval_loss": final.get("eval_loss"),
             # the median epoch: the first pays start-up (and compilation, with compile: true)
             "epoch_time_s": statistics.median(times) if times else None,
-            "predicted_epoch_s": predicted["epoch_s"], "predicted_on": f"{device.key} ({predicted['efficiency_source']})",
+            "predicted_epoch_s": predicted_s, "predicted_on": predicted_on,
             "images_per_s": statistics.median(_num(rows, "images_per_s")) if rows else None,
             "params": t.params, "fwd_gflops_per_image": t.fwd_model_flops / 1e9,
             "train_gflops_per_image": t.train_model_flops / 1e9, "out": cfg.out}
@@ -158,14 +183,17 @@ def plot(path: Path, rows: list[dict]) -> None:
 def run_sweep(base: TrainConfig, grid: dict[str, list], out: str | Path,
               calibration: str | Path | None = None) -> list[dict]:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     eff = Efficiency.load(calibration) if calibration else None
+    planned = plan(base, grid, out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n, cell in enumerate(cells(grid), start=1):
-        cfg = cell_config(base, cell, out)
-        print(f"sweep: cell {n}/{len(cells(grid))} {cell_name(cell)}", flush=True)
+    for n, (cell, cfg) in enumerate(planned, start=1):
+        print(f"sweep: cell {n}/{len(planned)} {cell_name(cell)}", flush=True)
         summary, status = _train(cfg)
-        rows.append({"cell": cell_name(cell), **cell_row(cell, cfg, summary, status, eff)})
+        row = cell_row(cell, cfg, summary, status, eff)
+        if row["predicted_epoch_s"] is None:
+            print(f"sweep: {cell_name(cell)}: {row['predicted_on']}", flush=True)
+        rows.append({"cell": cell_name(cell), **row})
         write_csv(out / "sweep.csv", grid, rows)  # after every cell: progress is visible
     plot(out / "sweep.png", rows)
     return rows

@@ -92,3 +92,19 @@ def validate(cfg) -> None:
         raise ConfigError(f"crop_scale: expected [low, high] with 0 < low <= high <= 1, got {list(low_high)!r}")
     if cfg.progressive is not None and not isinstance(cfg.progressive.get("start"), int):
         raise ConfigError(f"progressive: expected {{start: pixels, until: fraction}}, got {cfg.progressive!r}")
+    model_fields(cfg.model, cfg.model_overrides)
+
+
+def model_fields(model: str, overrides: dict) -> None:
+    """The model name and its overrides, checked here rather than when the network is built: a sweep
+    cell with kernel=abc is refused before the first cell trains, not minutes into the sweep."""
+    from fastmix.model.convmixer import ACTIVATIONS, VARIANTS, ConvMixerConfig
+    if model not in VARIANTS:
+        raise ConfigError(f"model: {model!r} is not one of {', '.join(VARIANTS)}")
+    unknown_keys(overrides, [f.name for f in dataclasses.fields(ConvMixerConfig)], "model_overrides")
+    for key, value in overrides.items():
+        if key == "act":
+            if value not in ACTIVATIONS:
+                raise ConfigError(f"model_overrides.act: {value!r} is not one of {', '.join(ACTIVATIONS)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"model_overrides.{key}: must be a positive integer, got {value!r}")
