@@ -94,3 +94,35 @@ def test_quickstart_command_runs_as_written(command):
     assert run.returncode == 0, run.stderr[-2000:]
     for flag in (t for t in command[len(program) + 1:] if t.startswith("--")):
         assert re.search(rf"{re.escape(flag)}\b", run.stdout), f"{' '.join(program)}: {flag} is not in --help"
+
+
+HELP: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
+
+
+def help_of(program: tuple[str, ...]) -> subprocess.CompletedProcess:
+    if program not in HELP:
+        HELP[program] = subprocess.run([sys.executable, *program, "--help"], cwd=ROOT, capture_output=True,
+                                       text=True, timeout=300)
+    return HELP[program]
+
+
+def opening_commands(page: Path) -> list[list[str]]:
+    """The python commands of a docs page's first code block (the commands it opens with)."""
+    block = re.search(r"```bash\n(.*?)```", page.read_text(), re.S).group(1)
+    lines = [line.split("  #", 1)[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line) for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_docs_pages_open_with_commands_that_exist(page):
+    commands = opening_commands(page)
+    assert commands, f"{page.name}: no commands at the top"
+    for command in commands:
+        if command[0] == "torchrun":  # torchrun ... SCRIPT args: the script's own flags
+            command = [".venv/bin/python", *command[next(i for i, t in enumerate(command) if t.endswith(".py")):]]
+        assert command[0] in (".venv/bin/python", "python"), f"{page.name}: {command}"
+        program = tuple(command[1:3] if command[1] == "-m" else command[1:2])
+        run = help_of(program)
+        assert run.returncode == 0, f"{page.name}: {' '.join(program)} --help: {run.stderr[-1500:]}"
+        for flag in (t for t in command[len(program) + 1:] if t.startswith("--")):
+            assert re.search(rf"{re.escape(flag)}\b", run.stdout), f"{page.name}: {' '.join(program)}: {flag}?"
