@@ -72,6 +72,8 @@ def _typed(key: str, value, hint):
 def validate(cfg) -> None:
     """Coerce numbers where the field wants a float, refuse wrong types and nonsense values."""
     hints = typing.get_type_hints(type(cfg))
+    if isinstance(cfg.channels_last, bool):  # YAML 1.1 reads on/off (`--set channels_last=off`) as booleans
+        cfg.channels_last = "on" if cfg.channels_last else "off"
     for f in dataclasses.fields(cfg):
         setattr(cfg, f.name, _typed(f.name, getattr(cfg, f.name), hints[f.name]))
     for key in POSITIVE + NON_NEGATIVE + FRACTION:
@@ -90,9 +92,18 @@ def validate(cfg) -> None:
     low_high = cfg.crop_scale
     if len(low_high) != 2 or not all(isinstance(s, (int, float)) for s in low_high) or not 0 < low_high[0] <= low_high[1] <= 1:
         raise ConfigError(f"crop_scale: expected [low, high] with 0 < low <= high <= 1, got {list(low_high)!r}")
-    if cfg.progressive is not None and not isinstance(cfg.progressive.get("start"), int):
-        raise ConfigError(f"progressive: expected {{start: pixels, until: fraction}}, got {cfg.progressive!r}")
+    if cfg.progressive is not None:
+        progressive(cfg.progressive)
     model_fields(cfg.model, cfg.model_overrides)
+
+
+def progressive(value: dict) -> None:
+    """{start: pixels, until: fraction of the epochs}, as the trainer's image_size_at reads it."""
+    unknown_keys(value, ("start", "until"), "progressive")
+    start, until = value.get("start"), value.get("until", 0.75)
+    if (isinstance(start, bool) or not isinstance(start, int) or start < 32 or isinstance(until, bool)
+            or not isinstance(until, (int, float)) or not 0 < until <= 1):
+        raise ConfigError(f"progressive: expected {{start: pixels >= 32, until: fraction in (0, 1]}}, got {value!r}")
 
 
 def model_fields(model: str, overrides: dict) -> None:
