@@ -1,5 +1,6 @@
-"""Bad input to tools/train.py, tools/evaluate.py and tools/estimate_cost.py is refused before any
-work: exit code != 0 and exactly one line on stderr naming the key, value or file (issue 21, item 10).
+"""Bad input to every tool (train, evaluate, estimate_cost, convert_subset, sweep, profile_gpu) is
+refused before any work: exit code != 0 and exactly one line on stderr naming the key, value or file
+(issue 21, item 10).
 
 One table; most rows call the tool's main(argv) (fast), the rows marked `subprocess` run the real
 script with this interpreter, as a user would."""
@@ -12,14 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+import convert_subset as convert_subset_tool  # noqa: E402  (tools/convert_subset.py)
 import estimate_cost as estimate_cost_tool  # noqa: E402  (tools/estimate_cost.py)
 import evaluate as evaluate_tool  # noqa: E402  (tools/evaluate.py)
+import profile_gpu as profile_gpu_tool  # noqa: E402  (tools/profile_gpu.py)
+import sweep as sweep_tool  # noqa: E402  (tools/sweep.py)
 import train as train_tool  # noqa: E402  (tools/train.py)
 
-TOOLS = {"train": train_tool, "evaluate": evaluate_tool, "estimate_cost": estimate_cost_tool}
+TOOLS = {"train": train_tool, "evaluate": evaluate_tool, "estimate_cost": estimate_cost_tool,
+         "convert_subset": convert_subset_tool, "sweep": sweep_tool, "profile_gpu": profile_gpu_tool}
 
 
 def files(tmp: Path) -> dict:
@@ -35,8 +41,15 @@ def files(tmp: Path) -> dict:
     (tmp / "ops.json").write_text(json.dumps({"op_efficiency": {"pointwise:x": {"efficiency": "fast"}}}))
     (tmp / "recipe.yaml").write_text("epochs: 2\nlr: fast\n")
     (tmp / "recipe-key.yaml").write_text("epochs: 2\nwieght_decay: 0.1\n")
+    for split in ("train", "val"):  # a one-image ImageFolder source for the converter
+        (tmp / "src" / split / "n01440764").mkdir(parents=True)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp / "src" / split / "n01440764" / "a.JPEG")
     return {k: str(tmp / k) for k in ("data", "bad-classes", "garbage.pt", "list.pt", "garbage.json", "shape.json",
-                                      "ops.json", "recipe.yaml", "recipe-key.yaml")} | {"missing": str(tmp / "nope.pt")}
+                                      "ops.json", "recipe.yaml", "recipe-key.yaml", "src")} | {
+        "missing": str(tmp / "nope.pt"), "out": str(tmp / "out")}
+
+
+CONVERT = ["--source", "{src}", "--out", "{out}"]
 
 
 CASES = [  # (id, tool, argv, exit code, words the one line must contain, run as subprocess)
@@ -78,13 +91,33 @@ CASES = [  # (id, tool, argv, exit code, words the one line must contain, run as
     ("cost-calibration-op", "estimate_cost", ["--calibration", "{ops.json}"], 2, ["ops.json", "pointwise:x"], False),
     ("cost-calibration-missing", "estimate_cost", ["--calibration", "{missing}"], 2, ["nope.pt", "not found"], False),
     ("cost-epochs-0", "estimate_cost", ["--epochs", "0"], 2, ["--epochs", "0"], False),
+    ("cost-progressive-start", "estimate_cost", ["--plan", "--progressive", "{start: 16}"], 2,
+     ["--progressive", "start", ">= 32"], False),
+    ("convert-unknown-format", "convert_subset", [*CONVERT, "--formats", "wds,tfrecord"], 2,
+     ["'tfrecord'", "--formats", "wds, ffcv"], False),
+    ("convert-class-list-missing", "convert_subset", [*CONVERT, "--class-list", "{missing}"], 2,
+     ["nope.pt", "not found"], False),
+    ("convert-shard-size-0", "convert_subset", [*CONVERT, "--shard-size", "0"], 2, ["--shard-size 0", ">= 1"], True),
+    ("convert-quality-200", "convert_subset", [*CONVERT, "--quality", "200"], 2, ["--quality 200", "1..100"], False),
+    ("convert-num-classes-0", "convert_subset", [*CONVERT, "--num-classes", "0"], 2, ["--num-classes 0"], False),
+    ("convert-layout-choice", "convert_subset", [*CONVERT, "--layout", "zip"], 2, ["--layout", "'zip'"], False),
+    ("sweep-kernel-abc", "sweep", ["--grid", "kernel=3,abc", "--out", "{out}"], 2,
+     ["kernel=abc", "model_overrides.kernel", "'abc'"], True),
+    ("sweep-repeated-axis", "sweep", ["--grid", "kernel=3", "--grid", "kernel=5", "--out", "{out}"], 2,
+     ["'kernel' is already an axis"], False),
+    ("sweep-unknown-field", "sweep", ["--grid", "kernal=3,5", "--out", "{out}"], 2, ["'kernal'"], False),
+    ("sweep-no-out", "sweep", ["--grid", "kernel=3,5"], 2, ["--out"], False),
+    ("profile-precision-fp8", "profile_gpu", ["--precision", "fp8"], 2, ["--precision", "'fp8'", "bf16"], False),
+    ("profile-config-precision", "profile_gpu", ["--config", "convmixer_768_32:32:fp8"], 2,
+     ["--config", "'fp8'", "bf16"], False),
+    ("profile-config-batch", "profile_gpu", ["--config", "convmixer_768_32:many"], 2, ["--config", "BATCH"], False),
 ]
 
 
 @pytest.mark.parametrize("tool, argv, code, words, as_subprocess", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_an_exit_code(tool, argv, code, words, as_subprocess, tmp_path, monkeypatch, capsys):
     paths = files(tmp_path)
-    argv = [paths[a[1:-1]] if a.startswith("{") else a for a in argv]
+    argv = [paths.get(a[1:-1], a) if a.startswith("{") else a for a in argv]  # {name}: a file above
     monkeypatch.chdir(tmp_path)  # a default run folder would land here, never in the checkout
     if as_subprocess:
         done = subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), *argv], capture_output=True,
@@ -103,4 +136,4 @@ def test_bad_input_is_one_line_and_an_exit_code(tool, argv, code, words, as_subp
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert "Traceback" not in err
-    assert not (tmp_path / "runs").exists()  # refused before any work
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()  # refused before any work

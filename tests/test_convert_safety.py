@@ -108,7 +108,7 @@ def test_a_foreign_file_at_an_output_name_is_refused_by_name(imagefolder_source,
                               "--shard-size", "7", flag], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"error: {out / rel}: not written by this converter (its state in {out / '.state'} does not list it); "
+        f"convert_subset: {out / rel}: not written by this converter (its state in {out / '.state'} does not list it); "
         "move it away or choose another --out"]
     assert (out / rel).read_bytes() == b"someone else's"
 
@@ -161,7 +161,7 @@ def test_ctrl_c_is_one_line_and_exit_code_130(imagefolder_source, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line and "img/s]" not in line]
-    assert lines == ["interrupted; rerun with --resume to continue"], err
+    assert lines == ["convert_subset: interrupted; rerun with --resume to continue"], err
     r = subprocess.run(CLI + ["--source", str(imagefolder_source), "--out", str(out), "--num-classes", "4",
                               "--shard-size", "1", "--workers", "2", "--resume", "--verify"],
                        capture_output=True, text=True)

@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.data.convert import ConvertConfig, ConvertError, convert  # noqa: E402
 from fastmix.data.sources import LAYOUT_NAMES, SPLITS, SourceError, detect_layout  # noqa: E402
+from fastmix.train import cli  # noqa: E402
 
 D = ConvertConfig("", "")
 CIFAR_QUALITY, CIFAR_SUBSAMPLING = 100, "4:4:4"  # 32 px images: 50.6 dB (README, CIFAR-10: measured)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser("convert_subset", __doc__)
     p.add_argument("--source", help="ImageNet root (ImageFolder tree, Kaggle download, or the "
                    "ILSVRC2012 tars + devkit), a Tiny ImageNet folder as downloaded, or a CIFAR-10/100 "
                    "python download (.tar.gz or its folder); omit for the demo source")
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "(default: 100; every class for CIFAR)")
     sel.add_argument("--class-list", help="file of WNIDs, one per line (e.g. the CMC ImageNet-100 list)")
     sel.add_argument("--all-classes", action="store_true", help="all classes of the source")
-    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated")
+    p.add_argument("--splits", default=",".join(SPLITS), help=f"comma-separated: {', '.join(SPLITS)}")
     p.add_argument("--formats", default="wds,ffcv", help="comma-separated: wds, ffcv")
     p.add_argument("--max-side", type=int, default=D.max_side, help="longer side cap in pixels")
     p.add_argument("--quality", type=int, help=f"JPEG quality of re-encoded images (default: {D.quality}; "
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
     p.add_argument("--verify", action="store_true", help="reopen and check every output afterwards; on a "
                    "finished conversion without --resume/--overwrite, only check it (`verify OUT` does the same)")
-    p.add_argument("--demo-cache", help="where the demo source is built (default ~/.cache/fastmix)")
+    p.add_argument("--demo-cache", help="where the demo source is built (default: ~/.cache/fastmix)")
     return p.parse_args(argv)
 
 
@@ -73,13 +73,11 @@ def main(argv=None) -> int:
             return verify_only(parse_verify_args(argv[1:]).out)
         return convert_main(parse_args(argv))
     except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130
+        return cli.fail("convert_subset", "interrupted; rerun with --resume to continue", 130)
 
 
 def parse_verify_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="convert_subset.py verify",
-                                description="Check a finished conversion against its manifest; writes nothing.")
+    p = cli.parser("convert_subset verify", "Check a finished conversion against its manifest; writes nothing.")
     p.add_argument("out", help="the converted folder")
     return p.parse_args(argv)
 
@@ -128,7 +126,7 @@ def convert_main(a: argparse.Namespace) -> int:
         a.all_classes = a.all_classes or a.num_classes is None
     cfg = ConvertConfig(
         source=a.source, out=out, layout=a.layout,
-        num_classes=None if a.all_classes else (a.num_classes or 100), class_list=a.class_list,
+        num_classes=None if a.all_classes else (100 if a.num_classes is None else a.num_classes), class_list=a.class_list,
         splits=tuple(a.splits.split(",")), formats=tuple(f.strip() for f in a.formats.split(",")),
         max_side=a.max_side,
         quality=a.quality or (CIFAR_QUALITY if cifar else D.quality),
@@ -140,8 +138,7 @@ def convert_main(a: argparse.Namespace) -> int:
     try:
         manifest = convert(cfg)
     except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail("convert_subset", e)
     print(summary(manifest, out))
     return verify_only(out) if a.verify else 0
 

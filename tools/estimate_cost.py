@@ -7,7 +7,10 @@ Examples:
   tools/estimate_cost.py --calibration runs/calib-t4/calibration.json --gpu t4
   tools/estimate_cost.py --reproduce-report                  # the report's Table 2, then the corrected one
   tools/estimate_cost.py --memory                            # training memory and the largest micro-batch
-  tools/estimate_cost.py --plan --model convmixer_768_32 --epochs 100 --progressive 128:160:192:224 --cores 4
+  tools/estimate_cost.py --plan --model convmixer_768_32 --epochs 100 --progressive "{start: 160, until: 0.75}" --cores 4
+
+--progressive takes what `tools/train.py --set progressive=...` takes: the size ramps from `start`
+to --image-size by `until` x the epochs, in steps of 32 px, epoch by epoch as the trainer does.
 
 Conventions: a multiply-add is 2 FLOPs; model FLOPs count every conv (depthwise included) and
 the classifier, forward + backward. Efficiencies: --calibration FILE, else the calibration
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +33,8 @@ from fastmix.devices.catalog import load_catalog  # noqa: E402
 from fastmix.perf.cost import (IMAGENET100_TRAIN, REPORT_EPOCHS, REPORT_GMACS, REPORT_IMAGES, REPORT_TFLOPS, Efficiency,  # noqa: E402
                                largest_micro_batch, predict_run, reproduce_report, training_memory_gb)
 from fastmix.perf import plan  # noqa: E402
-from fastmix.train import cli  # noqa: E402
+from fastmix.train import checks, cli  # noqa: E402
+from bench.cli import alias  # noqa: E402  (the flag vocabulary's hidden, warning old spellings)
 from fastmix.perf.memory import RECIPE_EXTRAS  # noqa: E402
 
 MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
@@ -40,10 +46,10 @@ def parse_args(argv=None):
     p = cli.parser("estimate_cost", __doc__)
     p.add_argument("--model", action="append", help=f"variant (repeatable; default {', '.join(MODELS)})")
     p.add_argument("--gpu", action="append", help=f"catalog key (repeatable; default {', '.join(GPUS)})")
-    p.add_argument("--images", type=int, default=IMAGENET100_TRAIN, help="training images per epoch")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch", type=int, default=64, help="optimizer batch (micro-batches accumulate to it)")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-images", type=int, default=IMAGENET100_TRAIN, help="training images per epoch")
+    p.add_argument("--epochs", type=int, default=100, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="optimizer batch (micro-batches accumulate to it)")
+    p.add_argument("--image-size", type=int, default=224, help="training resolution (the last, with --progressive)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto (bf16 where the GPU has bf16 tensor cores, else fp16), fp32, fp16, bf16")
     p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
@@ -54,12 +60,16 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true", help="training memory per micro-batch and what fits")
     p.add_argument("--plan", action="store_true",
                    help="per catalog GPU: micro-batch, accumulation, hours and $ with ranges, CPU loader check")
-    p.add_argument("--progressive", help="train sizes in order, e.g. 128:160:192:224 (equal blocks of epochs)")
+    p.add_argument("--progressive", metavar="YAML", help="progressive resizing as in train.py's --set progressive=..., "
+                   "e.g. '{start: 160, until: 0.75}' (--plan)")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores for the loader (default: this machine's)")
     p.add_argument("--loader-results", default=str(LOADER_RESULTS), help="bench.loaders JSON with per-core rates")
     p.add_argument("--ema", action="store_true", help="count an EMA copy of the weights (--plan)")
+    # old spellings, hidden: --images is a folder of photos everywhere else, --batch is --batch-size
+    alias(p, "--images", "--num-images")
+    alias(p, "--batch", "--batch-size")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch", "images", "image_size", "cores"):
+    for flag in ("epochs", "batch_size", "num_images", "image_size", "cores"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
@@ -69,16 +79,38 @@ def parse_args(argv=None):
 precision_for = plan.precision_for
 
 
-def sizes_of(args) -> list[int]:
+def schedule_of(args) -> list[int]:
+    """The size of every epoch: --progressive read as train.py reads `--set progressive=...` (a YAML
+    mapping, checked by the same rules, sized by the trainer's own image_size_at), or the old
+    128:160:192:224 (equal blocks of epochs; deprecated, one line says so)."""
     if not args.progressive:
-        return [args.image_size]
+        return [args.image_size] * args.epochs
+    if re.fullmatch(r"\d+(:\d+)*", args.progressive.strip()):
+        return old_progressive(args)
+    from fastmix.train.checks import ConfigError
+    from fastmix.train.recipe import parse_sets
+    from fastmix.train.trainer import image_size_at
+    try:
+        value = parse_sets([f"progressive={args.progressive}"])["progressive"]
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping like {{start: 160, until: 0.75}}, got {value!r}")
+        checks.progressive(value)
+    except ConfigError as e:
+        raise ValueError(f"--progressive {args.progressive!r}: {e}") from None
+    ramp = SimpleNamespace(progressive=value, epochs=args.epochs, image_size=args.image_size)
+    return [image_size_at(ramp, epoch) for epoch in range(args.epochs)]
+
+
+def old_progressive(args) -> list[int]:
+    print(f"estimate_cost: --progressive {args.progressive} (sizes in equal blocks of epochs) is deprecated; "
+          "use --progressive '{start: PIXELS, until: FRACTION}' as in train.py --set progressive=...", file=sys.stderr)
     try:
         sizes = [int(s) for s in args.progressive.split(":")]
     except ValueError:
         raise ValueError(f"--progressive {args.progressive!r}: expected sizes like 128:160:192:224") from None
     if any(s < 32 for s in sizes):
         raise ValueError(f"--progressive {args.progressive!r}: sizes must be >= 32 px")
-    return sizes
+    return plan.epoch_sizes(args.epochs, sizes)
 
 
 def run_plan(args, catalog, eff) -> str:
@@ -86,8 +118,10 @@ def run_plan(args, catalog, eff) -> str:
     gpus = [catalog[k] for k in (args.gpu or [k for k in catalog if k != "cpu"])]
     out = []
     for model in args.model or MODELS:
-        rows = plan.plan_run(model, args.epochs, sizes_of(args), gpus, batch=args.batch, precision=args.precision,
-                             train_images=args.images, eff=eff, cores=args.cores, loader_rates=rates, ema=args.ema)
+        schedule = schedule_of(args)
+        rows = plan.plan_run(model, args.epochs, [], gpus, batch=args.batch_size, precision=args.precision,
+                             train_images=args.num_images, eff=eff, cores=args.cores, loader_rates=rates, ema=args.ema,
+                             schedule=schedule)
         out.append(json.dumps(rows, indent=2) if args.json else f"## {model}\n\n" + plan.markdown(rows))
     return "\n\n".join(out)
 
@@ -99,8 +133,8 @@ def cost_rows(args, catalog, eff) -> list[dict]:
             gpu = catalog[key]
             prec = precision_for(gpu, args.precision)
             extras = {**RECIPE_EXTRAS, "ema": args.ema}
-            micro = largest_micro_batch(model, gpu, prec, args.batch, args.image_size, **extras)
-            rows.append(predict_run(model, gpu, prec, args.batch, micro, args.images, args.epochs, args.image_size,
+            micro = largest_micro_batch(model, gpu, prec, args.batch_size, args.image_size, **extras)
+            rows.append(predict_run(model, gpu, prec, args.batch_size, micro, args.num_images, args.epochs, args.image_size,
                                     eff=eff, memory_extras=extras))
     return rows
 
@@ -129,7 +163,7 @@ def report(args, catalog, eff) -> str:
     lines += ["", "## Corrected (multiply-add = 2 FLOPs, depthwise included, forward + backward; roofline per op, "
               f"efficiencies: {eff.source if eff else 'per GPU: packaged calibration, else defaults'})", ""]
     # the report's own runs (ImageNet-1k, 100 epochs) on its GPUs, with the corrected model
-    same_runs = argparse.Namespace(**{**vars(args), "images": REPORT_IMAGES, "epochs": REPORT_EPOCHS,
+    same_runs = argparse.Namespace(**{**vars(args), "num_images": REPORT_IMAGES, "epochs": REPORT_EPOCHS,
                                       "gpu": args.gpu or ["t4", "v100", "a100-40gb"],
                                       "model": args.model or list(REPORT_GMACS)})
     rows = cost_rows(same_runs, catalog, eff)

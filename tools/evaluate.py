@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p = cli.parser("evaluate", __doc__)
     p.add_argument("--checkpoint", required=True, help="fastmix .pt, timm .pth/.safetensors, or timm:<name>")
     p.add_argument("--data", required=True, help="converted folder (tools/convert_subset.py --out)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="which split of --data")
     p.add_argument("--model", help="registered variant for a plain state_dict (e.g. convmixer_768_32)")
     p.add_argument("--ema", action="store_true", help="a fastmix checkpoint's EMA weights")
     p.add_argument("--backend", help="loader backend (default: the checkpoint's, else pil-wds)")
@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default: the checkpoint's, else auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=at_least(0, "non-negative"), default=4)
+    p.add_argument("--workers", type=at_least(0, "non-negative"), default=4, help="loader processes")
     p.add_argument("--json", help="also write the result here")
     return p.parse_args(argv)
 

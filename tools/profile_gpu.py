@@ -20,13 +20,16 @@ key>.json to ship it: predictions for that GPU then use it.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.perf.profiler import ProfileSpec  # noqa: E402
+from fastmix.train import cli  # noqa: E402
+from fastmix.train.checks import CHOICES  # noqa: E402
+
+PRECISIONS = CHOICES["precision"]
 
 DEFAULT = ["convmixer_768_32:64", "convmixer_1536_20:64", "convmixer_1024_20_ks9_p14:64",
            "convmixer_768_32:32", "convmixer_768_32:128"]
@@ -34,25 +37,28 @@ DEFAULT = ["convmixer_768_32:64", "convmixer_1536_20:64", "convmixer_1024_20_ks9
 
 def parse_spec(text: str, precision: str, channels_last: str, compile_: bool) -> ProfileSpec:
     parts = text.split(":")
-    if len(parts) < 2:
-        raise ValueError(f"--config {text!r}: expected MODEL:BATCH[:PRECISION[:IMAGE_SIZE]]")
+    if not 2 <= len(parts) <= 4 or not all(p.isdigit() and int(p) > 0 for p in parts[1:2] + parts[3:4]):
+        raise ValueError(f"--config {text!r}: expected MODEL:BATCH[:PRECISION[:IMAGE_SIZE]] (positive integers)")
+    if len(parts) > 2 and parts[2] not in PRECISIONS:
+        raise ValueError(f"--config {text!r}: precision {parts[2]!r} is not one of {', '.join(PRECISIONS)}")
     return ProfileSpec(model=parts[0], batch=int(parts[1]), precision=parts[2] if len(parts) > 2 else precision,
                        image_size=int(parts[3]) if len(parts) > 3 else 224, channels_last=channels_last,
                        compile=compile_)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("profile_gpu", __doc__)
     p.add_argument("--config", action="append", help="MODEL:BATCH[:PRECISION[:IMAGE_SIZE]] (repeatable)")
     p.add_argument("--calibrate-on", type=int, default=0, help="index of the calibration configuration")
-    p.add_argument("--precision", default="auto", help="default precision: auto, fp32, fp16, bf16")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="precision of a --config without one (auto: the device's fastest)")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="memory format (auto: measured)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time is excluded)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml")
-    p.add_argument("--out", default="runs/calibration")
+    p.add_argument("--out", default="runs/calibration", help="folder: calibration.json, predicted_vs_measured.md")
     p.add_argument("--quick", action="store_true", help="op-level calibration (~90 s on a GPU), see above")
     args = p.parse_args(argv)
     from fastmix.perf.calibration import run_calibration

@@ -9,17 +9,17 @@ from its last.pt. --calibration (tools/profile_gpu.py) calibrates the predicted 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastmix.train import cli  # noqa: E402
 from fastmix.train.recipe import RECIPES, load_recipe, parse_sets  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("sweep", __doc__)
     recipes = ", ".join(sorted(r.stem for r in RECIPES.glob("*.yaml")))
     p.add_argument("--recipe", default="cifar10", help=f"built-in ({recipes}) or a .yaml path")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
@@ -40,8 +40,9 @@ def main(argv=None) -> int:
         base = load_recipe(a.recipe, **{**parse_sets(a.set), "data": a.data})
         rows = run_sweep(base, grid, a.out, a.calibration)
     except (SweepError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"sweep: {e}", file=sys.stderr)
-        return 2
+        return cli.fail("sweep", e)
+    except KeyboardInterrupt:  # the interrupted cell resumes from its last.pt, finished ones are kept
+        return cli.fail("sweep", "interrupted; rerun the same command to continue", 130)
     for r in rows:
         predicted = r["predicted_on"] if r["predicted_epoch_s"] is None else f"predicted {r['predicted_epoch_s']:.1f}"
         print(f"  {r['cell']}: {r['status']}, best top-1 {r['best_top1']}, {r['epoch_time_s']:.1f} s/epoch "

@@ -98,11 +98,27 @@ def _size(item: Item) -> int:
     return item.size if item.offset >= 0 else os.path.getsize(item.path)
 
 
-def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[str, SplitPlan]]:
-    """Everything decided before any image is touched; every input error is raised here."""
+# (flag, field, lowest, highest): numbers refused up front, naming the flag (a shard size of 0 used
+# to end in a traceback from range() after the source had been scanned)
+RANGES = (("--num-classes", "num_classes", 1, None), ("--max-side", "max_side", 1, None), ("--quality", "quality", 1, 100),
+          ("--compress-probability", "compress_probability", 0, 1), ("--shard-size", "shard_size", 1, None),
+          ("--workers", "workers", 0, None), ("--ffcv-workers", "ffcv_workers", 1, None))
+
+
+def check_settings(cfg: ConvertConfig) -> None:
     unknown = [f for f in cfg.formats if f not in FORMATS] or ([] if cfg.formats else ["(none)"])
     if unknown:
         raise ConvertError(f"unknown output format {unknown[0]!r} in --formats; choose from {', '.join(FORMATS)}")
+    for flag, name, low, high in RANGES:
+        value = getattr(cfg, name)
+        if value is not None and (value < low or (high is not None and value > high)):
+            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ConvertError(f"{flag} {value}: must be {allowed}")
+
+
+def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[str, SplitPlan]]:
+    """Everything decided before any image is touched; every input error is raised here."""
+    check_settings(cfg)
     try:
         source = open_source(cfg.source, cfg.layout)
         available, names = source.classes()

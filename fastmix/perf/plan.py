@@ -71,7 +71,13 @@ def per_core_rate(rates: dict[int, float], size: int) -> float:
 def plan_gpu(model: str, gpu: Device, epochs: int, sizes: list[int], batch: int = 64, precision: str = "auto",
              train_images: int = IMAGENET100_TRAIN, eff: Efficiency | None = None, cores: int = 1,
              loader_rates: dict | None = None, ema: bool = False, compile: bool = False, loader: str = "dali",
-             num_classes: int = 100) -> dict:
+             num_classes: int = 100, schedule: list[int] | None = None) -> dict:
+    """`sizes` in equal blocks of epochs, or `schedule`: the size of every epoch (the trainer's
+    progressive resizing, fastmix.train.trainer.image_size_at), its sizes then those it visits."""
+    if schedule is not None:
+        if len(schedule) != epochs:
+            raise ValueError(f"a schedule of {len(schedule)} epoch sizes for {epochs} epochs")
+        sizes = list(dict.fromkeys(schedule))
     prec = precision_for(gpu, precision)
     extras = {"ema": ema, "compile": compile, "loader": loader, "resolutions": sorted(set(sizes))}
     top = max(sizes)
@@ -86,7 +92,7 @@ def plan_gpu(model: str, gpu: Device, epochs: int, sizes: list[int], batch: int 
         p = predict_step(model, micro, prec, gpu, eff, size, num_classes)
         per_size[size] = {"step_s": p["step_s"], "range_s": p["range_s"], "images_per_s": micro / p["step_s"],
                           "range_source": p["range_source"], "efficiency_source": p["efficiency_source"]}
-    schedule = epoch_sizes(epochs, sizes)
+    schedule = schedule or epoch_sizes(epochs, sizes)
     hours = sum(per_size[s]["step_s"] for s in schedule) * steps / 3600
     low = sum(per_size[s]["range_s"][0] for s in schedule) * steps / 3600
     high = sum(per_size[s]["range_s"][1] for s in schedule) * steps / 3600

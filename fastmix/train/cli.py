@@ -12,8 +12,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and each flag's default appended once: not where the help
+    already says its default (which argparse would print a second time, as "(default: None)" for
+    a default computed later), and not for None, False or an empty list (nothing to say)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:  # `is`: a default of 0 is said
+            return text
+        return super()._get_help_string(action)
+
+
 def parser(prog: str, doc: str) -> OneLineParser:
-    return OneLineParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return OneLineParser(prog=prog, description=doc, formatter_class=Formatter)
 
 
 def fail(prog: str, error: BaseException | str, code: int = 2) -> int:
