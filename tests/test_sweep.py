@@ -136,3 +136,12 @@ def test_a_bf16_cell_on_a_cpu_is_predicted_at_bf16_or_says_there_is_no_predictio
     assert f"sweep: precision=bf16: {row['predicted_on']}" in capsys.readouterr().out.splitlines()
     with open(out / "sweep.csv") as f:
         assert next(csv.DictReader(f))["predicted_epoch_s"] == ""
+
+
+def test_ctrl_c_in_a_cell_is_one_line_and_exit_130(recipe, tmp_path, monkeypatch, capsys):
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    rc = sweep_tool.main(["--recipe", str(recipe), "--grid", "kernel=3,5", "--out", str(tmp_path / "sweep")])
+    assert rc == 130
+    assert capsys.readouterr().err.splitlines() == ["sweep: interrupted; rerun the same command to continue"]
