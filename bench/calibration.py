@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from bench.cli import alias  # noqa: E402
 
-from fastmix.perf.calibration import run_op_calibration  # noqa: E402
+from bench.plotting import replot, when  # noqa: E402
+from fastmix.perf.calibration import plot, run_op_calibration  # noqa: E402
 from fastmix.perf.opbench import quick_cases  # noqa: E402
 from fastmix.perf.profiler import ProfileSpec  # noqa: E402
 
@@ -43,6 +44,12 @@ def end_to_end_specs() -> list[ProfileSpec]:
     return specs + [ProfileSpec(m, 2, rs[0], "fp32", "on") for m, rs in RESOLUTIONS.items()]
 
 
+def redraw(result: dict, png: Path, source: Path) -> Path:
+    env, png = result["environment"], png.with_name("predicted_vs_measured.png")
+    plot(result["predictions"], png, f"{env['device']} ({env.get('cpu', '?')}); measured {when(result, source)}")
+    return png
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/calibration-cpu2", help="folder (default: %(default)s)")
@@ -52,7 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="back-to-back repetitions per op timing")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     alias(p, "--reps", "--repeats")
+    p.add_argument("--replot", metavar="JSON", help="redraw predicted_vs_measured.png beside a calibration.json; "
+                                                    "measure nothing")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot), redraw)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()

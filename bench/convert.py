@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cli import add_out, out_path
+from bench.plotting import replot, today
 from bench.decode import decode_rate_per_core
 from fastmix.data.convert import ConvertConfig, convert
 from fastmix.data.images import open_rgb
@@ -214,7 +215,7 @@ def storage_markdown(rows: list[dict], train_size: int) -> str:
     return "\n".join(lines)
 
 
-def storage_plot(rows: list[dict], train_size: int, path: Path) -> None:
+def storage_plot(rows: list[dict], train_size: int, path: Path, on: str = "") -> None:
     """Disk per image against loader work per image, one point per storage choice, PSNR labelled."""
     import matplotlib
     matplotlib.use("Agg")
@@ -226,8 +227,9 @@ def storage_plot(rows: list[dict], train_size: int, path: Path) -> None:
         ax.annotate(f"{r['write_mode']} {r['max_side']}\n{r[f'psnr_at_{train_size}_db']} dB", (x, y), fontsize=7,
                     textcoords="offset points", xytext=(4, 4))
     ax.set_xscale("log")
-    ax.set(xlabel="KB per image (log)", ylabel=f"decode + crop to {train_size} px, img/s on one core",
-           title=f"ffcv storage choices (PSNR at {train_size} px against the source)")
+    ax.set(xlabel="KB per image (log)", ylabel=f"decode + crop to {train_size} px, img/s on one core")
+    ax.set_title(f"ffcv storage choices: size vs decode speed (PSNR at {train_size} px against the source)\n{on}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -243,7 +245,7 @@ def markdown(rows: list[dict], n_images: int) -> str:
     return "\n".join(lines) + f"\n\n({n_images} images; GB = KB/image x 126,689 train images.)"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, on: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -257,8 +259,26 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(f"JPEG re-encode at each max side and quality\n{on}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def plots(result: dict, out: Path, source: Path | None = None) -> list[Path]:
+    """The charts a result holds data for, titled with what, on what, and when."""
+    from bench.plotting import when
+    on = f"{result.get('n_images', '?')} photos, {result.get('cpus', '?')}-core {result.get('host', 'host')}; " \
+         f"measured {when(result, source)}"
+    written = []
+    if "table" in result:
+        plot(result["table"], out.with_suffix(".png"), on)
+        written.append(out.with_suffix(".png"))
+    if "storage" in result:
+        size = next(int(k.split("_")[2]) for k in result["storage"][0] if k.startswith("decode_crop_"))
+        png = out.with_name(out.stem + ("-storage.png" if "table" in result else ".png"))
+        storage_plot(result["storage"], size, png, on)
+        written.append(png)
+    return written
 
 
 def main(argv=None) -> int:
@@ -275,11 +295,14 @@ def main(argv=None) -> int:
     p.add_argument("--storage-size", type=int, default=160, help="training resolution for the storage table")
     p.add_argument("--storage-quality", type=int, default=90)
     add_out(p, "bench/results", "convert-<host>", "the JSON and PNGs")
+    p.add_argument("--replot", metavar="JSON", help="redraw the PNGs beside a bench.convert JSON; measure nothing")
     a = p.parse_args(argv)
+    if a.replot:
+        return replot(Path(a.replot), lambda d, png, src: ", ".join(map(str, plots(d, src, src))) or "nothing: no chart data")
     a.out = str(out_path(p, a, RESULTS, f"convert-{platform.node() or 'host'}"))
     files = photo_files(a.images)
     result = {"host": platform.node(), "cpus": os.cpu_count(), "images_source": a.images or "demo",
-              "n_images": len(files), "platform": platform.platform()}
+              "n_images": len(files), "platform": platform.platform(), "measured_at": today()}
     if not a.skip_throughput:
         result["throughput"] = throughput(files, sorted({int(w) for w in a.workers.split(",")}))
     if not a.skip_quality:
@@ -290,14 +313,10 @@ def main(argv=None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     if "table" in result:
-        plot(result["table"], Path(a.out).with_suffix(".png"))
         print(markdown(result["table"], len(files)))
     if "storage" in result:
-        png = Path(a.out).with_name(Path(a.out).stem + ("-storage.png" if "table" in result else ".png"))
-        storage_plot(result["storage"], a.storage_size, png)
         print(storage_markdown(result["storage"], a.storage_size))
-        print(f"wrote {png}")
-    print(f"wrote {a.out}" + (f" and {Path(a.out).with_suffix('.png')}" if "table" in result else ""))
+    print(f"wrote {a.out}" + "".join(f", {png}" for png in plots(result, Path(a.out), Path(a.out))))
     return 0
 
 

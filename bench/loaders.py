@@ -33,6 +33,7 @@ import torch
 
 from bench.cli import add_out, alias, out_path
 from bench.decode import decode_rate_per_core
+from bench.plotting import replot, today
 from bench.variants import BETON_READERS, apply_suffix, ffcv_side, prepare_side_variant, side_variant
 from loaders import make_loader
 
@@ -190,30 +191,57 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(result: dict, path: Path, source: Path | None = None) -> None:
+    """Real backends on their own linear axis, grouped by size, one colour per backend (a before-variant
+    in its base's lighter shade), each bar's decode limit as a black tick and the model's training
+    rate as a red line; the synthetic ceiling (no I/O) in a separate panel, so it does not squash the
+    rest. The title says what, on what, and when."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sizes = sorted({r["image_size"] for r in rows})
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(backends)
+
+    from bench.plotting import backend_colors, is_before, title
+    rows = result["rows"]
+    real = [r for r in rows if r["backend"] != "synthetic"]
+    synth = [r for r in rows if r["backend"] == "synthetic"]
+    sizes = list(dict.fromkeys(r["image_size"] for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in real))
+    colors = backend_colors(backends)
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [5, 1] if synth else [5, 0.01]})
+    width = 0.85 / max(len(backends), 1)
     for k, b in enumerate(backends):
-        vals = [next((r["images_per_s"] for r in rows if r["backend"] == b and r["image_size"] == s), 0) for s in sizes]
-        ax.bar(np.arange(len(sizes)) + k * width, vals, width, label=b)
-    limit = rows[0]["decode_limit_images_per_s"]
-    ax.axhline(limit, color="k", ls="--", lw=1, label=f"decode limit ({limit:.0f}/s)")
-    for s_i, s in enumerate(sizes):
-        m = next(r["model_images_per_s"] for r in rows if r["image_size"] == s)
-        ax.plot([s_i - 0.1, s_i + 0.9], [m, m], color="r", lw=2, label="model train step" if s_i == 0 else None)
-    ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"{s}px" for s in sizes])
-    ax.set_yscale("log")  # synthetic is orders of magnitude above the rest
-    ax.set(ylabel="images / s (log)",
-           title=f"Loader throughput ({rows[0]['device']}, {rows[0]['workers']} workers on {rows[0]['cpu_count']} cores)")
-    ax.legend(fontsize=8, ncol=2)
+        for i, s in enumerate(sizes):
+            r = next((r for r in real if r["backend"] == b and r["image_size"] == s), None)
+            if r is None:
+                continue
+            x = i + (k - (len(backends) - 1) / 2) * width
+            ax.bar(x, r["images_per_s"], width, color=colors[b], label=b if i == 0 else None,
+                   hatch="//" if is_before(b) else None, edgecolor="white", lw=0.3)
+            ax.plot([x - width / 2, x + width / 2], [r["decode_limit_images_per_s"]] * 2, color="k", lw=1.2,
+                    label="decode limit of the stored bytes" if k == 0 and i == 0 else None)
+    for i, s in enumerate(sizes):
+        m = next((r["model_images_per_s"] for r in rows if r["image_size"] == s), None)
+        if m:
+            ax.plot([i - 0.45, i + 0.45], [m, m], color="r", lw=2,
+                    label=f"{rows[0]['model']} training step ({m:g} img/s at {s} px)" if i == 0 else None)
+    ax.set_xticks(range(len(sizes)), [f"{s} px" for s in sizes])
+    ax.set(ylabel="images / s (steady state)")
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    if synth:
+        ax_s.bar([f"{r['image_size']} px" for r in synth], [r["images_per_s"] / 1e6 for r in synth],
+                 color=backend_colors(["synthetic"])["synthetic"])
+        ax_s.set_ylabel("million images / s", fontsize=8)
+        ax_s.set_title("synthetic: the ceiling\n(no I/O; own axis)", fontsize=8)
+        ax_s.tick_params(labelsize=7)
+    else:
+        ax_s.axis("off")
+    on = f"{result.get('images', '?')} images, batch {result.get('batch_size', '?')}, {result.get('workers', '?')} " \
+         f"workers on a {result.get('cpu_count', '?')}-core {result.get('device', '?')}"
+    fig.suptitle(title("Loader throughput per backend and image size", on, result, source), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def prepare_images(images: str) -> str:
@@ -274,7 +302,10 @@ def main(argv=None) -> int:
                    help="also the per-stage breakdown of each CPU backend (bench/stages.py): stages-*.json + PNG")
     p.add_argument("--repeats", type=int, default=3, help="--stages: best of this many passes per stage")
     alias(p, "--stage-repeats", "--repeats")
+    p.add_argument("--replot", metavar="JSON", help="redraw the PNG beside a loaders JSON from it; measure nothing")
     a = p.parse_args(argv)
+    if a.replot:
+        return replot(Path(a.replot), plot)
     out = out_path(p, a, RESULTS, f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}")
     data = prepare_images(a.images) if a.images else a.data
     manifest = json.loads((Path(data) / "manifest.json").read_text())
@@ -317,10 +348,10 @@ def main(argv=None) -> int:
                                "files": {fmt: f"{len(b)} JPEGs as stored in the {fmt} output"
                                          for fmt, b in jpegs.items()},
                                "per_core_images_per_s": {k: round(v, 1) for k, v in per_core.items()}}, "batch_size": a.batch_size, "dtype": a.dtype,
-              "torch": torch.__version__, "platform": platform.platform(), "rows": rows}
+              "torch": torch.__version__, "platform": platform.platform(), "measured_at": today(), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, out.with_suffix(".png"))
+    plot(result, out.with_suffix(".png"))
     print(markdown(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     if a.stages:

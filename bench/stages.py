@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bench.cli import add_out, out_path
+from bench.plotting import replot, today
 from bench.variants import apply_suffix, side_variant
 
 CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "opencv", "dali-cpu", "nvjpeg")
@@ -328,33 +329,52 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(result: dict, path: Path, source: Path | None = None) -> None:
+    """One panel per image size, a horizontal stacked bar per backend (names readable at any count),
+    the decode-only limit as a black tick; the title says what, on what, and when."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 4.8))
-    x = np.arange(len(rows))
-    bottom = np.zeros(len(rows))
-    for stage, color in zip(STAGES, plt.cm.tab10.colors):
-        vals = np.array([max(r["us_per_image"].get(stage, 0.0), 0.0) for r in rows])
-        ax.bar(x, vals, 0.7, bottom=bottom, label=stage, color=color)
-        bottom += vals
-    limits = [r.get("decode_limit_us_per_image") for r in rows]
-    if any(limits):
-        ax.scatter(x, [v or np.nan for v in limits], marker="_", s=900, color="k", zorder=3,
-                   label="decode-only limit (same bytes)")
-    ax.set_xticks(x, [f"{r['backend']}\n{r['image_size']}px" for r in rows], fontsize=8)
-    ax.set(ylabel="CPU µs per image", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+
+    from bench.plotting import title
+    rows = result["rows"]
+    sizes = list(dict.fromkeys(r["image_size"] for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(10, 1.0 + 0.32 * len(backends) * len(sizes) + 0.6 * len(sizes)),
+                             sharex=True, squeeze=False)
+    colors = dict(zip(STAGES, plt.cm.tab10.colors))
+    for ax, size in zip(axes[:, 0], sizes):
+        sub = [r for r in rows if r["image_size"] == size]
+        y = np.arange(len(sub))
+        left = np.zeros(len(sub))
+        for stage in STAGES:
+            vals = np.array([max(r["us_per_image"].get(stage, 0.0), 0.0) for r in sub])
+            ax.barh(y, vals, 0.7, left=left, color=colors[stage], label=stage)
+            left += vals
+        limits = [r.get("decode_limit_us_per_image") for r in sub]
+        if any(limits):
+            ax.scatter([v or np.nan for v in limits], y, marker="|", s=250, color="k", zorder=3,
+                       label="decode-only limit (same bytes)")
+        ax.set_yticks(y, [r["backend"] for r in sub], fontsize=9)
+        ax.invert_yaxis()
+        ax.set_ylabel(f"{size} px", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("CPU µs per image (one core)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    on = f"train path of each CPU backend, best of {result.get('repeats', '?')}, batch {result.get('batch_size', '?')}, " \
+         f"{result.get('device', 'cpu')}"
+    fig.suptitle(title("Where the loader's CPU time goes, per stage", on, result, source), fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write(rows: list[dict], out: Path, meta: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "stages": list(STAGES), "rows": rows}, indent=1) + "\n")
-    plot(rows, out.with_suffix(".png"), f"Per-stage CPU cost per image ({meta.get('device', 'cpu')})")
+    result = {**meta, "stages": list(STAGES), "measured_at": today(), "rows": rows}
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out.with_suffix(".png"), out)
     print(markdown(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
@@ -368,7 +388,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     add_out(p, "bench/results", "stages-cpu", "the JSON and PNG")
+    p.add_argument("--replot", metavar="JSON", help="redraw the PNG beside a stages JSON from it; measure nothing")
     a = p.parse_args(argv)
+    if a.replot:
+        return replot(Path(a.replot), plot)
     out = out_path(p, a, RESULTS, "stages-cpu")
     manifest = json.loads((Path(a.data) / "manifest.json").read_text())
     folder = a.imagefolder or manifest["source"]["path"]

@@ -106,8 +106,15 @@ def charts(record: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ph, written = record["phases"], []
+    env = ph.get("environment", {}).get("result", {})
+    # Every chart's title ends with what it ran on and when: the device, and the suite's start date.
+    device = env.get("device", "device unknown")
+    on = f"{device if device != 'cpu' else 'cpu (' + str(env.get('cpu', '?')) + ')'}; " \
+         f"measured {str(record.get('suite', {}).get('started', 'date unknown'))[:10]}"
 
     def save(fig, name):
+        ax = fig.axes[0]
+        ax.set_title(f"{ax.get_title()}\n{on}", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)

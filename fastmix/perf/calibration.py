@@ -12,6 +12,7 @@ fastmix.perf.cost.Efficiency.load reads it back), `predicted_vs_measured.md` and
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -127,10 +128,12 @@ def run_op_calibration(cases: list[OpCase], specs: list[ProfileSpec], out: str |
 
 def write(result: dict, rows: list[dict], out: str | Path) -> None:
     out = Path(out)
+    result.setdefault("measured_at", time.strftime("%Y-%m-%d", time.gmtime()))  # the chart's title says when
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "predicted_vs_measured.md").write_text(table(rows, result))
-    plot(rows, out / "predicted_vs_measured.png", result["environment"]["device"])
+    plot(rows, out / "predicted_vs_measured.png", f"{result['environment']['device']} "
+         f"({result['environment'].get('cpu', '?')}); measured {result.get('measured_at', 'date unknown')}")
 
 
 def table(rows: list[dict], result: dict) -> str:
@@ -157,20 +160,33 @@ def table(rows: list[dict], result: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path, device: str) -> None:
+    """Predicted against measured step time, one point per configuration; `device` is the title's
+    "on what, when" line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    # Log axes: the steps span 10x, and on linear ones the short steps pile up in a corner. One
+    # colour per model (the label's first word), a square for channels_last: no per-point text.
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    top = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1.15
-    ax.plot([0, top], [0, top], "k--", lw=0.8, label="exact")
-    ax.fill_between([0, top], [0, top * 0.85], [0, top * 1.15], color="0.9", label="±15 % (the goal)")
+    lo = min(min(r["measured_s"], r["predicted_s"]) for r in rows) / 1.3
+    hi = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1.3
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="exact")
+    ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.9", label="±15 % (the goal)")
+    models = list(dict.fromkeys(r["label"].split()[0] for r in rows))
     for r in rows:
-        ax.plot(r["measured_s"], r["predicted_s"], "s" if r["calibration"] else "o", ms=8)
-        ax.annotate(r["label"], (r["measured_s"], r["predicted_s"]), fontsize=7, xytext=(4, -10),
-                    textcoords="offset points")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured step time (s)", ylabel="predicted step time (s)",
-           title=f"cost model vs measurement: {device}")
-    ax.legend(loc="upper left")
+        k = models.index(r["label"].split()[0])
+        ax.plot(r["measured_s"], r["predicted_s"], "s" if r["label"].endswith(" cl") else "o", ms=8 if r["calibration"] else 6,
+                color=f"C{k}", mec="k" if r["calibration"] else "none")
+    for k, m in enumerate(models):
+        ax.plot([], [], "o", color=f"C{k}", label=m)
+    ax.plot([], [], "s", color="0.5", label="channels_last (o: NCHW)")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured step time (s)",
+           ylabel="predicted step time (s)", title=f"Cost model: predicted vs measured training step\n{device}")
+    for axis in (ax.xaxis, ax.yaxis):  # seconds as plain numbers, not 4x10^-1
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
