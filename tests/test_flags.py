@@ -74,7 +74,7 @@ def test_old_spellings_still_work_and_warn_in_one_line(capsys):
     [row] = json.loads(new)
     assert row["train_images"] == 5000 and row["batch"] == 32
     rc, _, err = run("estimate_cost", ["--batch", "many"], capsys)  # the old spelling is checked as the new one
-    assert rc == 2 and "invalid int value: 'many'" in err.strip().splitlines()[-1]
+    assert rc == 2 and "invalid positive value: 'many'" in err.strip().splitlines()[-1]
 
 
 def schedule(argv: list[str]) -> list[int]:

@@ -46,10 +46,10 @@ def parse_args(argv=None):
     p = cli.parser("estimate_cost", __doc__)
     p.add_argument("--model", action="append", help=f"variant (repeatable; default {', '.join(MODELS)})")
     p.add_argument("--gpu", action="append", help=f"catalog key (repeatable; default {', '.join(GPUS)})")
-    p.add_argument("--num-images", type=int, default=IMAGENET100_TRAIN, help="training images per epoch")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="optimizer batch (micro-batches accumulate to it)")
-    p.add_argument("--image-size", type=int, default=224, help="training resolution (the last, with --progressive)")
+    p.add_argument("--num-images", type=cli.positive, default=IMAGENET100_TRAIN, help="training images per epoch")
+    p.add_argument("--epochs", type=cli.positive, default=100, help="training epochs")
+    p.add_argument("--batch-size", type=cli.positive, default=64, help="optimizer batch (micro-batches accumulate to it)")
+    p.add_argument("--image-size", type=cli.positive, default=224, help="training resolution (the last, with --progressive)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto (bf16 where the GPU has bf16 tensor cores, else fp16), fp32, fp16, bf16")
     p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
@@ -62,18 +62,13 @@ def parse_args(argv=None):
                    help="per catalog GPU: micro-batch, accumulation, hours and $ with ranges, CPU loader check")
     p.add_argument("--progressive", metavar="YAML", help="progressive resizing as in train.py's --set progressive=..., "
                    "e.g. '{start: 160, until: 0.75}' (--plan)")
-    p.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU cores for the loader (default: this machine's)")
+    p.add_argument("--cores", type=cli.positive, default=os.cpu_count(), help="CPU cores for the loader (default: this machine's)")
     p.add_argument("--loader-results", default=str(LOADER_RESULTS), help="bench.loaders JSON with per-core rates")
     p.add_argument("--ema", action="store_true", help="count an EMA copy of the weights (--plan)")
     # old spellings, hidden: --images is a folder of photos everywhere else, --batch is --batch-size
     alias(p, "--images", "--num-images")
     alias(p, "--batch", "--batch-size")
-    args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "num_images", "image_size", "cores"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            p.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    return args
+    return p.parse_args(argv)
 
 
 precision_for = plan.precision_for

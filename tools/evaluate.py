@@ -27,20 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastmix.train import cli  # noqa: E402
 
 
-def at_least(low: int, name: str):
-    """An argparse type: an integer >= low (a ValueError becomes "invalid <name> int value")."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise ValueError(text)
-        return value
-    parse.__name__ = name
-    return parse
-
-
-positive = at_least(1, "positive")
-
-
 def parse_args(argv=None):
     p = cli.parser("evaluate", __doc__)
     p.add_argument("--checkpoint", required=True, help="fastmix .pt, timm .pth/.safetensors, or timm:<name>")
@@ -51,13 +37,13 @@ def parse_args(argv=None):
     p.add_argument("--backend", help="loader backend (default: the checkpoint's, else pil-wds)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle the checkpoint fully, which can run code it carries (trusted files only)")
-    p.add_argument("--image-size", type=positive, help="default: the checkpoint's val size, else 224")
+    p.add_argument("--image-size", type=cli.positive, help="default: the checkpoint's val size, else 224")
     p.add_argument("--crop-ratio", type=ratio, help="default: the checkpoint's, else 224/256")
-    p.add_argument("--batch-size", type=positive, help="default: the trainer's val batch, else 128")
+    p.add_argument("--batch-size", type=cli.positive, help="default: the trainer's val batch, else 128")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default: the checkpoint's, else auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=at_least(0, "non-negative"), default=4, help="loader processes")
+    p.add_argument("--workers", type=cli.non_negative, default=4, help="loader processes")
     p.add_argument("--json", help="also write the result here")
     return p.parse_args(argv)
 

@@ -49,13 +49,13 @@ def parse_spec(text: str, precision: str, channels_last: str, compile_: bool) ->
 def main(argv=None) -> int:
     p = cli.parser("profile_gpu", __doc__)
     p.add_argument("--config", action="append", help="MODEL:BATCH[:PRECISION[:IMAGE_SIZE]] (repeatable)")
-    p.add_argument("--calibrate-on", type=int, default=0, help="index of the calibration configuration")
+    p.add_argument("--calibrate-on", type=cli.non_negative, default=0, help="index of the calibration configuration")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="precision of a --config without one (auto: the device's fastest)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"], help="memory format (auto: measured)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time is excluded)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--steps", type=cli.positive, default=20, help="timed steps per configuration")
+    p.add_argument("--warmup", type=cli.non_negative, default=5, help="untimed steps first")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml")
     p.add_argument("--out", default="runs/calibration", help="folder: calibration.json, predicted_vs_measured.md")

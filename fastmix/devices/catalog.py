@@ -67,18 +67,31 @@ def load_catalog(path: str | Path | None = None, host_flags: frozenset[str] | No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: catalog file not found")
-        for key, fields in (yaml.safe_load(path.read_text()) or {}).items():
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(user, dict) or not all(isinstance(f, dict) for f in user.values()):
+            raise ValueError(f"{path}: expected a mapping of catalog keys to fields, like gpus.yaml")
+        for key, fields in user.items():
             entries[key] = {**entries.get(key, {}), **fields}
     out = {}
     for key, e in entries.items():
         missing = [f for f in FIELDS if f not in e]
         if missing:
             raise ValueError(f"catalog entry {key!r}: missing {missing}")
+        bad = [f for f in FIELDS[1:] if not (e[f] is None and f.endswith("_tensor")) and not _positive(e[f])]
+        if bad:  # a peak or price that is not a positive number would divide into nonsense later
+            raise ValueError(f"catalog entry {key!r}: {bad[0]} must be a positive number, got {e[bad[0]]!r}")
         out[key] = Device(key=key, **{f: e[f] for f in FIELDS}, source=e.get("source", ""),
                           match=tuple(e.get("match", ())))
     if "cpu" in out:
         out["cpu"] = host_cpu(out["cpu"], cpu_flags() if host_flags is None else host_flags)
     return out
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def lookup(catalog: dict[str, Device], key_or_name: str) -> Device:

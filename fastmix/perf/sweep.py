@@ -87,6 +87,11 @@ def plan(base: TrainConfig, grid: dict[str, list], out: Path) -> list[tuple[dict
             planned.append((cell, cell_config(base, cell, out)))
         except ValueError as e:
             raise SweepError(f"cell {cell_name(cell)}: {e}") from None
+    for cell, cfg in planned:
+        for name in ("classes.json", "manifest.json"):  # what the cell's row reads after training
+            if not (Path(cfg.data) / name).is_file():
+                raise SweepError(f"cell {cell_name(cell)}: {Path(cfg.data) / name}: not found; "
+                                 "convert the data first (tools/convert_subset.py)")
     return planned
 
 

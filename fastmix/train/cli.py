@@ -25,6 +25,21 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
         return super()._get_help_string(action)
 
 
+def at_least(low: int, name: str):
+    """An argparse type: an integer >= low (a ValueError becomes "invalid <name> int value")."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+    parse.__name__ = name
+    return parse
+
+
+positive = at_least(1, "positive")
+non_negative = at_least(0, "non-negative")
+
+
 def parser(prog: str, doc: str) -> OneLineParser:
     return OneLineParser(prog=prog, description=doc, formatter_class=Formatter)
 
