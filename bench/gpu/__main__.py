@@ -84,7 +84,8 @@ def outputs(out: Path):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for gpu.json, summary.md, PNGs (work/ holds scratch)")
     p.add_argument("--budget-s", type=float, help="wall-clock budget (default 420; 60 with --smoke)")
     p.add_argument("--images", help="flat folder of real <wnid>_*.JPEG photos (converted here)")

@@ -45,7 +45,8 @@ def collect(src: Path, dest: Path, log: Path | None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.lent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder that comes back (default: $OUT)")
     p.add_argument("--budget-s", type=float, default=420.0, help="the suite's budget (outer timeout: + %d s)" % GRACE_S)
     p.add_argument("--smoke", action="store_true", help="rehearse on the CPU")
