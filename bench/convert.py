@@ -1,12 +1,13 @@
 """Conversion benchmark: throughput per worker, and output size / decode speed vs max side and quality.
 
-    python -m bench.convert --images ../shared/data/imagenet-sample   # real photos
+    python -m bench.convert --images PHOTOS                           # real photos
     python -m bench.convert                                           # demo source
-    python -m bench.convert --images ../shared/data/imagenet-sample --skip-throughput --skip-quality \
+    python -m bench.convert --images PHOTOS --skip-throughput --skip-quality \
         --storage jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 \
-        --out bench/results/storage-cpu2.json                          # ffcv storage choices
+        --out bench/results --name storage-cpu2                        # ffcv storage choices
 
-Writes bench/results/convert-<host>.json, a PNG of the table, and prints the markdown table.
+Writes OUT/NAME.json (default bench/results/convert-<host>.json), a PNG of each table, and prints
+the markdown tables. `--replot JSON` redraws the PNGs from a result file.
 The table encodes as ffcv's RGBImageField does (OpenCV, libjpeg-turbo) and decodes with
 OpenCV's libjpeg-turbo on one core, the decoder family FFCV and DALI-CPU use.
 """

@@ -1,14 +1,15 @@
 """Loader throughput per backend and image size, against the decode limit and the model.
 
     python -m bench.loaders --data data/demo
-    python -m bench.loaders --images ../shared/data/imagenet-sample   # converts real photos first
+    python -m bench.loaders --images PHOTOS         # converts real photos first
+    python -m bench.loaders --replot bench/results/loaders-cpu2.json   # redraw the chart only
 
 Per (backend, size): time of the first epoch (numba compilation, DALI pipeline build, worker
 start-up), steady-state images/s over the following epochs, CPU cores used (process CPU time,
 waited-for children included, / wall time), and peak RSS. Reference lines from the same run:
 the raw decode limit (libjpeg-turbo decode of the same stored bytes on one core, times the
 cores given) and the training-step throughput of `--model` on the present device. Writes JSON
-+ PNG under bench/results/ and prints a markdown table. `--stages` adds the per-stage cost
++ PNG into --out (default bench/results/) and prints a markdown table. `--stages` adds the per-stage cost
 breakdown of each CPU backend (bench/stages.py) from the same run: stages-*.json + PNG.
 
 Before/after in one run: `ffcv-fulldecode` is ffcv with its own full-decode decoders (before

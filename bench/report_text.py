@@ -20,7 +20,7 @@ How to rerun each measurement on your own machine: docs/loaders.md, docs/convert
 on a GPU: docs/gpu.md."""
 
 CONVERT_QUALITY = """```bash
-python -m bench.convert --images DIR --skip-throughput --out bench/results/convert-quality-cpu2.json
+python -m bench.convert --images DIR --skip-throughput --out bench/results --name convert-quality-cpu2
 ```
 
 `--images` is a flat folder of real photos (here 500 ImageNet photos, one per class). Each is
@@ -31,7 +31,7 @@ neighbouring rows. The converter's defaults are `--max-side 512 --quality 90 --w
 (why: docs/convert.md)."""
 
 CONVERT_THROUGHPUT = """```bash
-python -m bench.convert --images DIR --skip-quality --out bench/results/convert-cpu2.json
+python -m bench.convert --images DIR --skip-quality --out bench/results --name convert-cpu2
 ```
 
 The same {n} photos through `fastmix.data.convert` on this {cpus}-core machine, per `--workers`
@@ -84,7 +84,7 @@ every median by at most 0.3 dB (that rerun's JSON is not committed)."""
 STORAGE = """```bash
 python -m bench.convert --images DIR --skip-throughput --skip-quality \\
   --storage jpg:512,jpg:384,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 --storage-size {size} \\
-  --out bench/results/storage-cpu2.json
+  --out bench/results --name storage-cpu2
 ```
 
 Each row is a `.beton` written by `fastmix.data.convert` (ffcv's `RGBImageField`, q90) from the

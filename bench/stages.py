@@ -1,6 +1,6 @@
 """Where each loader's CPU time goes: microseconds per image per stage, on the same images.
 
-    python -m bench.loaders --images ../shared/data/imagenet-sample --stages   # with the loader table
+    python -m bench.loaders --images PHOTOS --stages   # with the loader table
     python -m bench.stages --data data/bench-imagenet-sample --sizes 224,160   # stages only
 
 Each stage of a backend's train path (read, decode, crop/resize, flip, collate, convert +
