@@ -13,6 +13,7 @@ from PIL import Image
 
 from cifar_format import convert_cifar, smooth_split, write_cifar10
 from fastmix.perf import sweep
+from fastmix.train.recipe import load_recipe
 from fastmix.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_two_by_two_sweep_then_a_rerun_trains_nothing(recipe, tmp_path, monkeypa
     # A cell interrupted after its last checkpoint (no summary.json) resumes, with no epoch left to train.
     monkeypatch.undo()
     (out / "cells" / "kernel=5_patch=8" / "summary.json").unlink()
-    rows = sweep.run_sweep(sweep_tool.load_recipe(str(recipe)), sweep.parse_grid(["kernel=3,5", "patch=4,8"]), out)
+    rows = sweep.run_sweep(load_recipe(str(recipe)), sweep.parse_grid(["kernel=3,5", "patch=4,8"]), out)
     assert [r["status"] for r in rows] == ["done before"] * 3 + ["resumed"]
 
     # Other settings for a finished cell are refused, not silently mixed.
@@ -118,7 +119,7 @@ def test_a_bf16_cell_on_a_cpu_is_predicted_at_bf16_or_says_there_is_no_predictio
     from fastmix.devices.catalog import load_catalog
     out = tmp_path / "sweep"
     grid = sweep.parse_grid(["precision=bf16"])
-    base = sweep_tool.load_recipe(str(recipe), epochs=1)
+    base = load_recipe(str(recipe), epochs=1)
     flags = {"avx512": frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}),
              "amx": frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})}
     monkeypatch.setattr(sweep, "present_device", lambda cat: load_catalog(host_flags=flags["avx512"])["cpu"])

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.train import cli  # noqa: E402
-from fastmix.train.recipe import RECIPES, load_recipe, parse_sets  # noqa: E402
+from fastmix.train.recipe import RECIPES, merge_flags, parse_sets, recipe_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,10 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from fastmix.perf.sweep import SweepError, parse_grid, run_sweep
+    from fastmix.perf.sweep import SweepError, check_sets, parse_grid, run_sweep
     try:
         grid = parse_grid(a.grid)
-        base = load_recipe(a.recipe, **{**parse_sets(a.set), "data": a.data})
+        sets = parse_sets(a.set)
+        check_sets(grid, sets)
+        base = recipe_config(a.recipe, merge_flags(sets, {"data": a.data}))
         rows = run_sweep(base, grid, a.out, a.calibration)
     except (SweepError, ValueError, TypeError, FileNotFoundError) as e:
         return cli.fail("sweep", e)

@@ -52,10 +52,23 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise SweepError(f"--grid {item!r}: {key!r} is neither a model field {MODEL_FIELDS} nor a TrainConfig field")
         if key in grid:  # a second axis of the same name would silently replace the first
             raise SweepError(f"--grid {item!r}: {key!r} is already an axis; give all its values in one --grid")
+        if key == "out":
+            raise SweepError(f"--grid {item!r}: each cell's out is OUT/cells/<cell>; sweep --out instead")
         grid[key] = [yaml.safe_load(v) for v in values.split(",")]
     if not grid:
         raise SweepError("no --grid given")
     return grid
+
+
+def check_sets(grid: dict[str, list], sets: dict) -> None:
+    """A key that is both a grid axis and a --set would have its --set silently replaced per cell."""
+    both = sorted(set(grid) & set(sets))
+    if both:
+        raise SweepError(f"{both[0]!r} is both a --grid axis and a --set; give it in one place")
+    overrides = sets.get("model_overrides") or {}
+    both = sorted(set(grid) & set(overrides) if isinstance(overrides, dict) else ())
+    if both:
+        raise SweepError(f"{both[0]!r} is both a --grid axis and in --set model_overrides; give it in one place")
 
 
 def cells(grid: dict[str, list]) -> list[dict]:

@@ -138,6 +138,16 @@ def recipe_config(name: str | None, overrides: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def merge_flags(sets: dict, flags: dict) -> dict:
+    """--set values and the flags that were given (not None), one dict; a key given both ways with
+    different values is refused rather than silently resolved."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    for key in sorted(set(sets) & set(flags)):
+        if sets[key] != flags[key]:
+            raise checks.ConfigError(f"--{key.replace('_', '-')} {flags[key]} and --set {key}={sets[key]} disagree; give one")
+    return {**sets, **flags}
+
+
 def parse_sets(pairs: list[str]) -> dict:
     """`--set key=value` pairs; values parsed as YAML (numbers, booleans, lists, dicts)."""
     out = {}
