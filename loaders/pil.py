@@ -19,6 +19,7 @@ from torchvision import datasets, transforms
 
 from .common import MEAN, BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
 from .shardindex import ShardIndex
+from .shardnames import CorruptSample, corrupt
 
 
 def posterize(img: Image.Image, bits: int, **_) -> Image.Image:
@@ -55,10 +56,6 @@ def pil_transform(cfg: LoaderConfig):
     else:
         ops = [transforms.Resize(cfg.resize_to), transforms.CenterCrop(cfg.image_size)]
     return transforms.Compose(ops + [transforms.PILToTensor()])  # uint8; normalized on the device
-
-
-class CorruptSample(ValueError):
-    """An image that does not decode; the message names its file (and tar member)."""
 
 
 @contextmanager
@@ -107,18 +104,6 @@ class _ShardImages(Dataset):
     def __init__(self, index: ShardIndex, transform):
         self.index, self.transform = index, transform
 
-    def _where(self, i: int) -> str:
-        """Sample i as "<shard>: member <name>": the name from the tar header just before its data."""
-        t, off, _ = self.index.where[i]
-        tar = self.index.tars[t]
-        try:
-            with open(tar, "rb") as f:
-                f.seek(max(0, off - 512))
-                name = f.read(100).split(b"\0", 1)[0].decode("utf-8", "replace")
-        except OSError:
-            name = ""
-        return f"{tar}: member {name or f'at byte {off}'}"
-
     def __len__(self):
         return len(self.index)
 
@@ -127,7 +112,7 @@ class _ShardImages(Dataset):
         try:
             img = Image.open(io.BytesIO(self.index.read(i))).convert("RGB")
         except (OSError, SyntaxError) as e:
-            raise CorruptSample(f"{self._where(i)}: not a readable JPEG ({e})") from None
+            raise corrupt(self.index, i, e) from None
         with _seeded(seed):
             return self.transform(img), int(self.index.labels[i])
 
