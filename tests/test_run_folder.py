@@ -84,7 +84,7 @@ def test_a_folder_holding_a_run_is_refused_then_overwritten_keeping_foreign_file
         assert (out / name).read_bytes() == planted[name]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0  # the new run's
     with open(out / "epochs.csv") as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
 
     # --overwrite removes the trainer's files only (a foreign one of any name stays)
     (out / "summary.json").write_text("{}")
@@ -136,6 +136,6 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(flat_converted, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    epoch = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    epoch = torch.load(out / "last.pt", weights_only=True)["epoch"] + 1  # epochs count from 1 on screen and in the CSV
     assert last == f"train: interrupted; rerun with --resume to continue ({out}/last.pt holds epoch {epoch})"
     assert "done:" not in stdout

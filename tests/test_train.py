@@ -48,7 +48,7 @@ def test_training_run_completes(flat_converted, tmp_path, options):
     data, _, _ = flat_converted
     summary = Trainer(tiny(data, tmp_path, **options)).fit()
     epochs = rows(tmp_path)
-    assert [int(r["epoch"]) for r in epochs] == [0, 1]
+    assert [int(r["epoch"]) for r in epochs] == [1, 2]
     for r in epochs:
         assert math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["eval_loss"]))
         assert 0 <= float(r["top1"]) <= float(r["top5"]) <= 100
@@ -148,7 +148,8 @@ def test_killed_run_resumes_to_the_same_metrics(converted, tmp_path):
 
     resumed = train_cli(data, tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
-    volatile = {"images_per_s", "epoch_time_s", "mfu"}
+    volatile = {"images_per_s", "epoch_time_s", "mfu", "data_wait_share", "loader_free_images_per_s",
+                "loader_slowdown", "wall_s"}  # timings
     strip = [{k: v for k, v in r.items() if k not in volatile} for r in rows(tmp_path / "straight")]
     assert [{k: v for k, v in r.items() if k not in volatile} for r in rows(tmp_path / "killed")] == strip
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]

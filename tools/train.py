@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.train import cli  # noqa: E402
-from fastmix.train.recipe import RECIPES, parse_sets, recipe_config  # noqa: E402
+from fastmix.train.recipe import RECIPES, merge_flags, parse_sets, recipe_config  # noqa: E402
 
 FLAGS = ("model", "data", "backend", "imagefolder", "epochs", "batch_size", "micro_batch", "precision",
          "channels_last", "compile", "device", "out")
@@ -43,12 +43,13 @@ def parse_args(argv=None):
     p.add_argument("--data", help="converted folder (tools/convert_subset.py --out)")
     p.add_argument("--backend", help="loader: pil, pil-wds, ffcv, opencv, dali, nvjpeg, resident, synthetic")
     p.add_argument("--imagefolder", help="pil backend: the original ImageFolder tree")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs to train (the recipe's, else 100)")
     p.add_argument("--batch-size", type=int, help="optimizer batch per process (micro-batches accumulate to it)")
-    p.add_argument("--micro-batch", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--channels-last", choices=["auto", "on", "off"])
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--micro-batch", type=int, help="images per forward/backward (accumulated to --batch-size)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 where the device has it natively, else fp16 on a GPU and fp32 on a CPU")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], help="memory format; auto times both")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", help="run folder: epochs.csv, steps.jsonl, curves.png, last.pt, best.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -63,13 +64,9 @@ def parse_args(argv=None):
 
 def config(args):
     """The run's TrainConfig: the recipe, then the --set values (explicit nulls included), then the
-    flags that were given; a key given both ways with different values is refused."""
-    sets = parse_sets(args.set)
-    flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
-    for key in sorted(set(sets) & set(flags)):
-        if sets[key] != flags[key]:
-            raise ValueError(f"--{key.replace('_', '-')} {flags[key]} and --set {key}={sets[key]} disagree; give one")
-    return recipe_config(args.recipe, {**sets, **flags})
+    flags that were given; a key given both ways with different values is refused (recipe.merge_flags,
+    shared with tools/sweep.py)."""
+    return recipe_config(args.recipe, merge_flags(parse_sets(args.set), {k: getattr(args, k) for k in FLAGS}))
 
 
 def main(argv=None) -> int:
@@ -91,8 +88,8 @@ def main(argv=None) -> int:
     finally:
         distributed.shutdown()
     if trainer.dist.is_main:
-        last = summary["epochs"][-1] if summary["epochs"] else {}
-        print(f"done: {cfg.out}  best top-1 {summary['best_top1']:.2f}%  last epoch {last}")
+        from fastmix.train.runlog import final_summary
+        print(final_summary(summary, cfg.out))
     return 0
 
 

@@ -56,7 +56,20 @@ def ceilings(device: torch.device, precision: str, n: int | None = None, nbytes:
 
 
 @functools.lru_cache(maxsize=None)
-def host_matmul_tflops(precision: str) -> float:
-    """This host CPU's measured matmul TFLOP/s (512^2, once per process and precision): the peak
-    CPU MFU is stated against, since a VM's CPU has no datasheet peak."""
-    return ceilings(torch.device("cpu"), precision, n=512, nbytes=2**22)["matmul_tflops"]
+def host_matmul_tflops(precision: str, n: int = 1024, reps: int = 20) -> float:
+    """This host CPU's matmul TFLOP/s at `precision` with the present compute threads (once per
+    process): the peak CPU MFU is stated against, since a VM's CPU has no datasheet peak. The
+    fastest of `reps` runs, not the median: a shared 2-core machine (or a loader thread starting)
+    slows single runs of a ~10 ms matmul, and a peak must not be lowered by that (seen: a
+    3.6x low peak read by a trainer whose loader was starting)."""
+    device = torch.device("cpu")
+    a, b = (torch.randn(n, n, dtype=DTYPES[precision]) for _ in range(2))
+    median_seconds(lambda: a @ b, device, reps=1, warmup=1, warmup_s=WARMUP_S)
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e12
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -15,7 +15,7 @@ from . import speed
 
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, loader, device: torch.device, precision: str = "fp32",
-             channels_last: bool = True, dist=None) -> dict:
+             channels_last: bool = True, dist=None, threads: int | None = None) -> dict:
     """`loader` yields (normalized images, int labels) on `device`, as every loaders/ backend does."""
     net.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -23,7 +23,9 @@ def evaluate(net: torch.nn.Module, loader, device: torch.device, precision: str 
     loader.set_epoch(0)
     speed.sync(device)
     start = time.perf_counter()
-    for x, y in loader:
+    batches = iter(loader)
+    speed.compute_threads(threads)  # after the loader starts: ffcv resets torch's threads there
+    for x, y in batches:
         if not channels_last:
             x = x.contiguous()
         with speed.autocast(precision, device):

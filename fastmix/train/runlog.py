@@ -1,7 +1,9 @@
-"""A run's records: per-epoch CSV, per-step JSONL, a PNG of the curves, a summary JSON.
+"""A run's records: per-epoch CSV, per-step JSONL, a PNG of the curves, a summary JSON, and one
+console line per epoch (plain print: it reaches a log file or a pipe as well as a terminal).
 
-Only rank 0 writes. On --resume the CSV keeps the epochs already done and drops any row
-from an epoch that was interrupted after its row was written but before its checkpoint.
+Epochs count from 1 everywhere: the CSV, the console and curves.png. Only rank 0 writes. On
+--resume the CSV keeps the epochs already done and drops any row from an epoch that was
+interrupted after its row was written but before its checkpoint.
 """
 from __future__ import annotations
 
@@ -10,18 +12,60 @@ import json
 from pathlib import Path
 
 EPOCH_FIELDS = ["epoch", "train_loss", "train_top1", "eval_loss", "top1", "top5", "ema_top1", "lr", "images_per_s",
-                "mfu", "epoch_time_s", "image_size", "nonfinite_skipped", "scaler_skipped"]
+                "mfu", "data_wait_share", "loader_free_images_per_s", "loader_slowdown", "epoch_time_s", "wall_s",
+                "image_size", "nonfinite_skipped", "scaler_skipped"]
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """`epoch 3/30  loss 4.11  val top-1 27.9 %  top-5 69.7 %  282 img/s  MFU 31 %  wait 0.2 %
+    loader cost 3 % of 290 img/s  88 s  (12.1 min)`: what a person watching needs, in one line."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.3f}",
+             f"val top-1 {row['top1']:.1f} %", f"top-5 {row['top5']:.1f} %"]
+    if row.get("ema_top1") is not None:
+        parts.append(f"EMA top-1 {row['ema_top1']:.1f} %")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    if row.get("mfu") is not None:
+        parts.append(f"MFU {100 * row['mfu']:.0f} %")
+    parts.append(f"wait {100 * row['data_wait_share']:.1f} %")
+    if row.get("loader_slowdown") is not None:  # loadercost.py: what no wait share shows
+        parts.append(f"loader cost {100 * row['loader_slowdown']:.0f} % of {row['loader_free_images_per_s']:.0f} img/s")
+    parts.append(f"{row['epoch_time_s']:.0f} s")
+    if row.get("wall_s") is not None:
+        parts.append(f"({row['wall_s'] / 60:.1f} min)")
+    return "  ".join(parts)
+
+
+def final_summary(summary: dict, out: str) -> str:
+    """The end of a run in a few lines (the whole record is OUT/summary.json)."""
+    rows = summary.get("epochs") or []
+    if not rows:
+        return f"done: {out}  (no epoch finished)"
+    last = rows[-1]
+    best = max(rows, key=lambda r: float(r["top1"]))
+
+    def num(row, key, scale=1.0, fmt=".0f"):
+        value = row.get(key)
+        return "n/a" if value in ("", None) else format(float(value) * scale, fmt)
+    lines = [f"done: {out}",
+             f"  best val top-1 {float(best['top1']):.2f} % (epoch {best['epoch']}); last epoch {last['epoch']}: "
+             f"top-1 {float(last['top1']):.2f} %, top-5 {float(last['top5']):.2f} %",
+             f"  last epoch: {num(last, 'images_per_s')} img/s, MFU {num(last, 'mfu', 100)} %, "
+             f"data wait {num(last, 'data_wait_share', 100, '.1f')} %, "
+             f"loader cost {num(last, 'loader_slowdown', 100)} %",
+             f"  {len(rows)} epochs, {num(last, 'wall_s', 1 / 60, '.1f')} min; files: epochs.csv, curves.png, "
+             "summary.json, best.pt, last.pt"]
+    return "\n".join(lines)
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, resume_epoch: int = 0):
-        self.out, self.enabled = Path(out), enabled
+    def __init__(self, out: Path, enabled: bool, resume_epoch: int = 0, title: str = ""):
+        self.out, self.enabled, self.title = Path(out), enabled, title
         self.csv, self.jsonl = self.out / "epochs.csv", self.out / "steps.jsonl"
         if not enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         rows = self.rows() if resume_epoch else []
-        rows = [r for r in rows if int(r["epoch"]) < resume_epoch]
+        rows = [r for r in rows if int(r["epoch"]) <= resume_epoch]  # epochs count from 1
         with self.csv.open("w", newline="") as f:
             w = csv.DictWriter(f, EPOCH_FIELDS)
             w.writeheader()
@@ -40,9 +84,10 @@ class RunLog:
             with self.jsonl.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: dict, epochs: int) -> None:
         if not self.enabled:
             return
+        print(epoch_line(row, epochs), flush=True)
         with self.csv.open("a", newline="") as f:
             csv.DictWriter(f, EPOCH_FIELDS).writerow({k: row.get(k, "") for k in EPOCH_FIELDS})
         self.plot()
@@ -56,7 +101,7 @@ class RunLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         rows = self.rows()
-        epochs = [int(r["epoch"]) + 1 for r in rows]
+        epochs = [int(r["epoch"]) for r in rows]
 
         def col(name):
             return [float(r[name]) if r[name] not in ("", None) else float("nan") for r in rows]
@@ -77,6 +122,8 @@ class RunLog:
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
         for a in ax[:2]:
             a.legend()
+        import time
+        fig.suptitle(f"{self.title or self.out.name}: per epoch, plotted {time.strftime('%Y-%m-%d %H:%M')}")
         fig.tight_layout()
         fig.savefig(self.out / "curves.png", dpi=90)
         plt.close(fig)

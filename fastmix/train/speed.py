@@ -7,7 +7,9 @@
   `torch.use_deterministic_algorithms(True)` asks for determinism.
 - channels_last: `auto` times a few training steps both ways on the present device, because
   the answer differs per variant (cuDNN's depthwise kernels: 7x7 gains, 9x9 can lose). It is
-  measured the way the run will train: autotuned, and compiled where compile is on.
+  measured the way the run will train: autotuned, and compiled where compile is on. On a CPU
+  the probe is 2 eager steps at batch 32 (seconds, not minutes); both say what they chose.
+- CPU threads: the compute threads are set after every loader start (ffcv resets them).
 - torch.compile: static shapes (`dynamic=False`), so each training resolution compiles once
   on purpose; evaluation runs the uncompiled module (eval mode, its 2x batch and the partial
   last batch would each recompile). Compile time is measured around the compilations
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 import warnings
 
@@ -27,6 +30,7 @@ from torch import nn
 from fastmix.devices.ceilings import median_seconds, sync  # noqa: F401
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CPU_PROBE_BATCH = 32  # channels_last's probe batch on a CPU
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -57,6 +61,17 @@ def autocast(precision: str, device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def compute_threads(setting: int | None) -> int:
+    """Set torch's intra-op (compute) threads to `setting`, default OMP_NUM_THREADS, else every core
+    this process may use, and return it. Called after each loader starts: importing ffcv sets them to 1 and ffcv's
+    Loader to its worker count at construction and at every iter() (ffcv/pipeline/compiler.py),
+    which made every ffcv and opencv training run compute on one core."""
+    n = setting or int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))  # torchrun sets 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
@@ -92,12 +107,19 @@ def choose_channels_last(model: nn.Module, setting: str, device: torch.device, p
     if setting != "auto":
         raise ValueError(f"channels_last {setting!r}: choose auto, on or off")
     probe = copy.deepcopy(model).to(device).train()  # a copy: its BN statistics get disturbed
+    steps, warmup = 5, 2
+    if device.type == "cpu":
+        # A CPU step at the run's batch takes seconds; 2 steps at a small batch rank the formats the
+        # same way, and compiling the probe twice would cost minutes: it runs eagerly there.
+        batch, steps, warmup, compile = min(batch, CPU_PROBE_BATCH), 2, 1, False
+    print(f"channels_last auto: timing {steps} training steps per memory format at batch {batch}, {size} px, "
+          f"{precision}{', compiled' if compile else ''} on {device.type}", flush=True)
 
     def measure(fmt: str, batch: int) -> float:
         memory_format = getattr(torch, "channels_last" if fmt == "channels_last" else "contiguous_format")
         net = compile_model(probe.to(memory_format=memory_format), compile, compile_mode)
         x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-        return time_train_steps(net, x, precision)
+        return time_train_steps(net, x, precision, steps, warmup)
 
     timings = None
     while timings is None:
@@ -112,7 +134,10 @@ def choose_channels_last(model: nn.Module, setting: str, device: torch.device, p
         empty_cache(device)
     del probe
     empty_cache(device)
-    return timings["channels_last"] < timings["contiguous"], timings
+    chosen = timings["channels_last"] < timings["contiguous"]
+    print(f"channels_last auto: {'on' if chosen else 'off'} (channels_last {timings['channels_last']:.3f} s, "
+          f"contiguous {timings['contiguous']:.3f} s per step)", flush=True)
+    return chosen, timings
 
 
 def empty_cache(device: torch.device) -> None:

@@ -32,15 +32,13 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fastmix.devices.catalog import load_catalog, present_device
-from fastmix.devices.ceilings import host_matmul_tflops
 from fastmix.model.convmixer import create_model
-from fastmix.model.flops import convmixer_ops, totals
 from loaders import make_loader
 
-from . import checkpoint, distributed, runfolder, speed
+from . import checkpoint, distributed, loadercost, runfolder, speed
 from .augment import BatchAugment
 from .evaluate import evaluate
+from .mfu import MFU
 from .optim import build_optimizer, build_schedule, peak_lr
 from .recipe import TrainConfig
 from .runlog import RunLog
@@ -113,8 +111,10 @@ class Trainer:
         if self.updates_per_epoch < 1:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
+        self.threads = speed.compute_threads(cfg.threads)  # after the loaders: importing ffcv set 1
+        self._last_batch = None
 
-        (self.peak_flops, self.peak_source), self._flops_per_image = self._peak_flops(), {}
+        self.mfu = MFU(model.config, self.num_classes, self.device, self.precision, self.dist.world_size)
         self.start_epoch, self.updates, self.best_top1 = 0, 0, -1.0
         self.stats, self.update_times, self._fitted_sizes = UpdateStats(self.device), [], set()
         self.train_hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # correct, seen (this epoch)
@@ -122,7 +122,8 @@ class Trainer:
             self._restore(saved)
         elif overwrite and self.dist.is_main:  # as late as possible: a failed start loses nothing
             runfolder.clear(self.out)
-        self.log = RunLog(self.out, self.dist.is_main, self.start_epoch)
+        self.log = RunLog(self.out, self.dist.is_main, self.start_epoch,
+                          f"{cfg.model} on {Path(cfg.data).name} ({cfg.backend}, {self.device.type}, {self.precision})")
         if self.dist.is_main:
             info = self._write_config()
             if info["not_applied_by_backend"]:
@@ -133,26 +134,6 @@ class Trainer:
         info = self.describe()
         (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         return info
-
-    def _peak_flops(self) -> tuple[float | None, str]:
-        """The peak MFU is stated against, at the run's precision, and where it comes from: the
-        catalog's datasheet peak on a GPU; on a CPU this host's own measured matmul."""
-        if self.device.type == "cpu":
-            tflops = host_matmul_tflops(self.precision)
-            return tflops * 1e12 * self.dist.world_size, f"measured on this host: {tflops:.3g} TFLOP/s matmul"
-        try:
-            dev = present_device(load_catalog())
-            return dev.peak_tflops(self.precision) * 1e12 * self.dist.world_size, f"catalog: {dev.name}"
-        except (KeyError, ValueError) as e:
-            return None, f"peak unknown ({e})"
-
-    def mfu(self, images_per_s: float, size: int) -> float | None:
-        """Model FLOPs utilization, nanoGPT-style: analytic training FLOPs/s over the peak."""
-        if self.peak_flops is None:
-            return None
-        if size not in self._flops_per_image:  # the op list is rebuilt once per resolution, not per log line
-            self._flops_per_image[size] = totals(convmixer_ops(self.model.config, size, self.num_classes)).train_model_flops
-        return images_per_s * self._flops_per_image[size] / self.peak_flops
 
     # -- data -----------------------------------------------------------------------------
     def _loader(self, split: str, size: int, **extra):
@@ -181,7 +162,7 @@ class Trainer:
         missing = [k for k, on in wanted.items() if on and k not in loader.augmentations]
         return {"config": self.cfg.to_dict(), "device": str(self.device), "precision": self.precision,
                 "channels_last": self.channels_last, "channels_last_timings_s": self.format_timings,
-                "cudnn_benchmark": self.cudnn_benchmark, "mfu_peak": self.peak_source, "world_size": self.dist.world_size,
+                "cudnn_benchmark": self.cudnn_benchmark, "mfu_peak": self.mfu.source, "world_size": self.dist.world_size,
                 "micro_batch": self.micro_batch, "accum_steps": self.accum_steps,
                 "micro_batch_retries": self.micro_batch_retries, "peak_lr": self.lr,
                 "updates_per_epoch": self.updates_per_epoch,
@@ -251,15 +232,18 @@ class Trainer:
         self.net.train()
         self.stats.new_epoch()
         self.train_hits.zero_()
-        bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch}", disable=None if self.dist.is_main else True,
+        bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if self.dist.is_main else True,
                    leave=False, dynamic_ncols=True, mininterval=2)
         start = window_start = time.perf_counter()
         window, waited, out_of_memory, batches = 0, 0.0, None, iter(loader)
+        speed.compute_threads(cfg.threads)  # ffcv's iter() resets torch's threads to its workers
+        epoch_waited, micro = 0.0, None
         try:
             for i in bar:
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(self.accum_steps)]
-                waited += time.perf_counter() - t0  # the loop waiting for the loader (a stall)
+                stall = time.perf_counter() - t0  # the loop waiting for the loader
+                waited, epoch_waited = waited + stall, epoch_waited + stall
                 try:
                     self.optimizer_step(self.forward_backward(micro))
                 except torch.cuda.OutOfMemoryError as e:
@@ -281,13 +265,14 @@ class Trainer:
             self._halve_micro_batch(size, out_of_memory)
             return self.train_epoch(epoch)
         elapsed = time.perf_counter() - start
+        self._last_batch = micro[-1] if micro else None  # for the loader-free rate (fit)
         # one all-reduce and one host read for the epoch's sums (train top-1: hard labels only)
         sums = torch.cat([torch.tensor([stats["loss_sum"], stats["updates_ok"]], dtype=torch.float64,
                                        device=self.device), self.train_hits.double()])
         loss_sum, updates, correct, seen = self.dist.sum_(sums).tolist()
         return {"train_loss": loss_sum / max(1, updates), "train_top1": 100 * correct / seen if seen else None,
                 "images_per_s": self.updates_per_epoch * cfg.batch_size * self.dist.world_size / elapsed,
-                "epoch_time_s": elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
+                "epoch_time_s": elapsed, "data_wait_share": epoch_waited / elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
                 "scaler_skipped": int(stats["scaler_skipped"])}
 
     def _read(self, epoch: int, size: int, window: int, window_start: float, waited: float, bar,
@@ -342,22 +327,40 @@ class Trainer:
         that hold different numbers of val batches."""
         net = net or self.model
         self.dist.broadcast_buffers(net)  # every rank evaluates rank 0's model (the one it saves)
-        return evaluate(net, self.val_loader, self.device, self.precision, self.channels_last, self.dist)
+        return evaluate(net, self.val_loader, self.device, self.precision, self.channels_last, self.dist,
+                        self.cfg.threads)
 
-    def fit(self) -> dict:
-        cfg = self.cfg
+    def fit(self, budget_s: float | None = None) -> dict:
+        """Train the remaining epochs; with `budget_s`, stop after the first epoch that ends past it
+        (bench.tta). Each epoch's row holds `wall_s`: seconds since fit() began, evaluation included."""
+        cfg, start = self.cfg, time.perf_counter()
         for epoch in range(self.start_epoch, cfg.epochs):
-            row = {"epoch": epoch, **self.train_epoch(epoch), "lr": self._lr(), **self.evaluate()}
+            row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
+            row.update(self.loader_cost(row["images_per_s"]))
+            row.update(self.evaluate())
             row["mfu"] = self.mfu(row["images_per_s"], row["image_size"])
             if self.ema is not None:
                 row["ema_top1"] = self.evaluate(self.ema.module)["top1"]
             best = row["top1"] > self.best_top1
             self.best_top1 = max(self.best_top1, row["top1"])
-            self.log.epoch(row)
+            row["wall_s"] = time.perf_counter() - start
+            self.log.epoch(row, cfg.epochs)
             self._save(epoch, best)
+            if budget_s is not None and row["wall_s"] >= budget_s:
+                break
         summary = self.summary()
         self.log.summary(summary)
         return summary
+
+    def loader_cost(self, images_per_s: float) -> dict:
+        """The epoch's rate against the same update with no loader running (loadercost.py), timed
+        after every epoch so both see the same machine; not under DDP (its all-reduce needs all ranks)."""
+        if self._last_batch is None or self.dist.enabled:
+            return {}
+        seconds = loadercost.loader_free_seconds(self.net, self.model, self.optimizer, self._last_batch,
+                                                 self.accum_steps, self.precision, self.device)
+        free = self.cfg.batch_size / seconds
+        return {"loader_free_images_per_s": free, "loader_slowdown": loadercost.slowdown(images_per_s, free)}
 
     def summary(self) -> dict:
         rows = self.log.rows() if self.dist.is_main else []
