@@ -147,7 +147,7 @@ def stored_jpegs(data: str, limit: int) -> dict[str, list[bytes]]:
         out["wds"] = [index.read(i) for i in range(min(limit, len(index)))]
     beton = Path(data) / "ffcv" / "train.beton"
     if beton.is_file():
-        from fastmix.data.beton import read_jpegs
+        from fastmix.data.betonread import read_jpegs
         out["ffcv"] = [j for j in read_jpegs(beton) if j is not None][:limit]  # raw-stored images need no decode
     return out
 

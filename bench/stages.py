@@ -100,7 +100,7 @@ def pil_stages(data: str, size: int, batch: int, repeats: int, from_shards: bool
 
 def ffcv_jpegs(data: str):
     """(bytes views into the .beton as ffcv's page-cache reader sees them, heights, widths)."""
-    from fastmix.data.beton import StoredImages
+    from fastmix.data.betonread import StoredImages
     path = Path(data) / "ffcv" / "train.beton"
     store = StoredImages(path)
     if not store.is_jpeg.all():

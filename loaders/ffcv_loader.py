@@ -23,7 +23,7 @@ class FFCVLoader(BaseLoader):
 
     def __init__(self, cfg: LoaderConfig):
         require("ffcv", "ffcv")
-        from fastmix.data.beton import check_beton
+        from fastmix.data.betonread import check_beton
         info = manifest_split(cfg)
         self.path = Path(cfg.data) / (info.get("beton") or f"ffcv/{cfg.split}.beton")
         if not self.path.is_file():

@@ -80,7 +80,7 @@ def decode_rgb(data: np.ndarray, d: int) -> np.ndarray | None:
 class OpenCVLoader(BaseLoader):
     def __init__(self, cfg: LoaderConfig):
         self.cv2 = require("cv2", "ffcv")
-        from fastmix.data.beton import StoredImages
+        from fastmix.data.betonread import StoredImages
         info = manifest_split(cfg)
         self.path = Path(cfg.data) / (info.get("beton") or f"ffcv/{cfg.split}.beton")
         if not self.path.is_file():

@@ -157,3 +157,19 @@ def test_the_check_sees_an_import_circle(tmp_path):
     (tmp_path / "bench/b.py").write_text("def f():\n    from bench.a import g\n")
     (tmp_path / "bench/c.py").write_text("from bench.b import f\n")
     assert cycles(import_graph(tmp_path)) == [["bench.a", "bench.b"]]
+
+
+def test_readers_do_not_import_the_converter():
+    """Loaders, verify and the loader benchmarks read a .beton through fastmix.data.betonread; the
+    converter's writer (fastmix.data.beton: the image clean-up and the writer's worker pool) and the
+    conversion itself stay on the convert side (bench/convert.py measures conversion: exempt)."""
+    files = [*sorted((ROOT / "loaders").rglob("*.py")), ROOT / "fastmix/data/verify.py",
+             ROOT / "bench/loaders.py", ROOT / "bench/stages.py"]
+    banned = {"fastmix.data.beton": files, "fastmix.data.convert": files[:-2]}
+    offenders = []
+    for module, paths in banned.items():
+        for path in paths:
+            for line, name in imported(path, ROOT):
+                if name == module or name.startswith(module + "."):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not offenders, offenders

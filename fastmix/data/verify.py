@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .convert import sha256
+from .outstate import sha256
 from .shards import index_text, read_samples
 
 KEY_WNID = re.compile(r"^(n\d{8})_")
@@ -119,7 +119,7 @@ def _check_counts(what: str, labels, info: dict, wnid_of: dict) -> list[str]:
 
 
 def _check_beton(path: Path, shards, info: dict, wnid_of: dict, in_class_order: bool) -> list[str]:
-    from .beton import read_labels, read_sizes
+    from .betonread import read_labels, read_sizes
     try:
         labels, sizes = read_labels(path).tolist(), [tuple(s) for s in read_sizes(path).tolist()]
     except ImportError as e:
