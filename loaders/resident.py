@@ -35,6 +35,7 @@ from tqdm import tqdm
 from .common import BaseLoader, LoaderConfig, batch_slices, normalize, parse_rand_augment, rank_indices
 from .geometry import resized_crop_boxes
 from .shardindex import ShardIndex
+from .shardnames import corrupt
 
 RA_GROUP = 16
 CHUNK = 256  # images decoded per call
@@ -91,8 +92,16 @@ class ResidentLoader(BaseLoader):
         cfg, dev = self.cfg, self.cfg.torch_device
         out = torch.empty((len(index), 3, self.side, self.side), dtype=torch.uint8, device=dev)
 
-        def decode(data: list[torch.Tensor]) -> torch.Tensor:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+        def decode(ids: range, data: list[torch.Tensor]) -> torch.Tensor:
+            try:
+                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+            except RuntimeError:  # the batched call does not say which image: find it, name shard and member
+                for i, one in zip(ids, data):
+                    try:
+                        decode_jpeg(one, mode=ImageReadMode.RGB, device=dev)
+                    except RuntimeError as e:
+                        raise corrupt(index, i, e) from None
+                raise
             return torch.stack([fit(img, cfg.resize_to, self.side) for img in images])
 
         # File reads stay in this thread (ShardIndex shares one handle per shard). On the CPU the
@@ -105,7 +114,7 @@ class ResidentLoader(BaseLoader):
             for start in range(0, len(index), CHUNK):
                 ids = range(start, min(start + CHUNK, len(index)))
                 data = [torch.frombuffer(bytearray(index.read(i)), dtype=torch.uint8) for i in ids]
-                pending.append((ids, pool.submit(decode, data)))
+                pending.append((ids, pool.submit(decode, ids, data)))
                 while pending and (len(pending) > 2 * threads or ids.stop == len(index)):
                     done, result = pending.popleft()
                     out[done.start:done.stop] = result.result()
