@@ -27,7 +27,7 @@ def epoch_line(row: dict, epochs: int) -> str:
     if row.get("mfu") is not None:
         parts.append(f"MFU {100 * row['mfu']:.0f} %")
     parts.append(f"wait {100 * row['data_wait_share']:.1f} %")
-    if row.get("loader_slowdown") is not None:  # loadercost.py: what no wait share shows
+    if row.get("loader_slowdown") is not None:  # loadercost.py: the waits and what no wait share shows
         parts.append(f"loader cost {100 * row['loader_slowdown']:.0f} % of {row['loader_free_images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time_s']:.0f} s")
     if row.get("wall_s") is not None:

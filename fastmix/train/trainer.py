@@ -77,6 +77,7 @@ class Trainer:
             raise FileNotFoundError(f"{classes}: not found; convert the data first (tools/convert_subset.py)")
         self.num_classes = len(json.loads(classes.read_text()))
 
+        speed.compute_threads(cfg.threads)  # before the probe: an earlier ffcv import may have set 1
         self.cudnn_benchmark = speed.configure_cudnn()  # before the probe: it measures what the run uses
         model = create_model(cfg.model, num_classes=self.num_classes, **cfg.model_overrides).to(self.device)
         channels_last, self.format_timings = speed.choose_channels_last(
@@ -123,7 +124,8 @@ class Trainer:
         elif overwrite and self.dist.is_main:  # as late as possible: a failed start loses nothing
             runfolder.clear(self.out)
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch,
-                          f"{cfg.model} on {Path(cfg.data).name} ({cfg.backend}, {self.device.type}, {self.precision})")
+                          f"{cfg.model}{' ' + str(cfg.model_overrides) if cfg.model_overrides else ''} on "
+                          f"{Path(cfg.data).name} ({cfg.backend}, {self.device.type}, {self.precision})")
         if self.dist.is_main:
             info = self._write_config()
             if info["not_applied_by_backend"]:
@@ -291,7 +293,7 @@ class Trainer:
         bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats["loss"] is not None else "nan",
                         lr=f"{self._lr():.2e}", img_s=f"{rate:.0f}")
         if logged:
-            self.log.step({"epoch": epoch, "update": self.updates, "loss": stats["loss"], "lr": self._lr(),
+            self.log.step({"epoch": epoch + 1, "update": self.updates, "loss": stats["loss"], "lr": self._lr(),
                            "grad_norm": stats["grad_norm"], "scale": stats["scale"], "images_per_s": rate,
                            "mfu": self.mfu(rate, size), "image_size": size,
                            "data_wait_share": waited / seconds if seconds > 0 else None})
@@ -332,18 +334,21 @@ class Trainer:
 
     def fit(self, budget_s: float | None = None) -> dict:
         """Train the remaining epochs; with `budget_s`, stop after the first epoch that ends past it
-        (bench.tta). Each epoch's row holds `wall_s`: seconds since fit() began, evaluation included."""
-        cfg, start = self.cfg, time.perf_counter()
+        (bench.tta). Each epoch's row holds `wall_s`: seconds since this fit() began (a resumed run
+        counts from its resume), evaluation and checkpoints included, the loader-cost timing not."""
+        cfg, start, measuring = self.cfg, time.perf_counter(), 0.0
         for epoch in range(self.start_epoch, cfg.epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
+            t0 = time.perf_counter()
             row.update(self.loader_cost(row["images_per_s"]))
+            measuring += time.perf_counter() - t0  # a measurement, not training: left out of wall_s
             row.update(self.evaluate())
             row["mfu"] = self.mfu(row["images_per_s"], row["image_size"])
             if self.ema is not None:
                 row["ema_top1"] = self.evaluate(self.ema.module)["top1"]
             best = row["top1"] > self.best_top1
             self.best_top1 = max(self.best_top1, row["top1"])
-            row["wall_s"] = time.perf_counter() - start
+            row["wall_s"] = time.perf_counter() - start - measuring
             self.log.epoch(row, cfg.epochs)
             self._save(epoch, best)
             if budget_s is not None and row["wall_s"] >= budget_s:
@@ -358,7 +363,10 @@ class Trainer:
         if self._last_batch is None or self.dist.enabled:
             return {}
         seconds = loadercost.loader_free_seconds(self.net, self.model, self.optimizer, self._last_batch,
-                                                 self.accum_steps, self.precision, self.device)
+                                                 self.accum_steps, self.precision, self.device, self.augment.loss,
+                                                 self.channels_last, self.cfg.clip_grad)
+        if seconds is None:  # no device memory for the measurement's copies
+            return {}
         free = self.cfg.batch_size / seconds
         return {"loader_free_images_per_s": free, "loader_slowdown": loadercost.slowdown(images_per_s, free)}
 

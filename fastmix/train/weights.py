@@ -89,7 +89,9 @@ def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
         # ModelEmaV3 keeps its copy as `.module`
         weights = {k.removeprefix("module."): v for k, v in weights.items()} if ema else weights
         name, overrides = model_name or config["model"], config.get("model_overrides", {})
-        info.update(kind="fastmix checkpoint", epoch=state.get("epoch"), ema=ema, config=config)
+        epoch = state.get("epoch")  # the checkpoint keeps the 0-based index; logs count from 1
+        info.update(kind="fastmix checkpoint", epoch=epoch + 1 if isinstance(epoch, int) else epoch, ema=ema,
+                    config=config)
     else:
         for key in ("state_dict", "model"):  # common wrappers around a timm state_dict
             if isinstance(state, dict) and isinstance(state.get(key), dict):
