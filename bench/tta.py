@@ -53,41 +53,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def settings(a: argparse.Namespace) -> dict:
-    """What makes two results comparable; a rerun with other settings is refused (or --overwrite)."""
+def settings(a: argparse.Namespace, device: str, host: str) -> dict:
+    """What makes two results comparable; a rerun with other settings (or on another machine) is
+    refused unless --overwrite."""
     from fastmix.train.recipe import parse_sets
     return {"recipe": a.recipe, "data": str(Path(a.data).resolve()), "periods": a.periods,
-            "period_updates": a.period_updates, "budget_s": a.budget_s, "device": a.device,
+            "period_updates": a.period_updates, "budget_s": a.budget_s, "device": device, "host": host,
             "set": parse_sets(a.set)}
 
 
 def unavailable(backend: str, data: str, device: str) -> str | None:
-    """Why `backend` cannot run here, else None (the compiled parts are imported, not guessed)."""
-    from loaders import NEEDS
-    import importlib
-    for module in NEEDS.get(backend, ()):
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # an extension that fails to load is as absent as a missing one
-            return f"{module} does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    if backend == "pil":
-        layout = json.loads((Path(data) / "manifest.json").read_text())["source"]["layout"]
-        if layout != "imagefolder":
-            return f"reads an ImageFolder tree; this dataset's source is the {layout} layout (pil-wds reads its shards)"
+    """Why `backend` cannot run here, else None (loaders.unavailable imports its compiled parts)."""
+    import loaders
+    reason = loaders.unavailable(backend)
+    if reason:
+        return reason
     if backend == "nvjpeg" and device == "cpu":
         return "decodes on a GPU"
+    if backend == "pil":
+        try:
+            layout = json.loads((Path(data) / "manifest.json").read_text())["source"]["layout"]
+        except (OSError, ValueError, KeyError, TypeError):
+            layout = "unknown"
+        if layout != "imagefolder":
+            return f"reads an ImageFolder tree; this dataset's source is the {layout} layout (pil-wds reads its shards)"
     return None
 
 
 def run_backend(a: argparse.Namespace, backend: str, out: Path) -> dict:
     """Train `backend` for the periods (or the budget); its rows with wall-clock from before start-up."""
-    from fastmix.train.recipe import parse_sets, recipe_config
+    from fastmix.train.recipe import recipe_config
     from fastmix.train.trainer import Trainer
-    overrides = {**parse_sets(a.set), "data": a.data, "backend": backend, "out": str(out / "runs" / backend),
-                 "epochs": a.periods, "max_steps_per_epoch": a.period_updates}
-    if a.device:
-        overrides["device"] = a.device
-    cfg = recipe_config(a.recipe, overrides)
+    cfg = recipe_config(a.recipe, overrides(a, backend, out))
     t0 = time.perf_counter()
     # The run folder is this benchmark's own (started and listed in tta.json): a rerun replaces it.
     trainer = Trainer(cfg, overwrite=True)
@@ -101,6 +98,42 @@ def run_backend(a: argparse.Namespace, backend: str, out: Path) -> dict:
             "device": str(trainer.device), "threads": trainer.threads, "model": cfg.model,
             "model_overrides": cfg.model_overrides, "batch_size": cfg.batch_size,
             "stopped_at_budget": len(periods) < a.periods}
+
+
+def overrides(a: argparse.Namespace, backend: str, out: Path) -> dict:
+    sets = {**parse_sets_of(a), "data": a.data, "backend": backend, "out": str(out / "runs" / backend),
+            "epochs": a.periods, "max_steps_per_epoch": a.period_updates}
+    return {**sets, "device": a.device} if a.device else sets
+
+
+def parse_sets_of(a: argparse.Namespace) -> dict:
+    from fastmix.train.recipe import parse_sets
+    return parse_sets(a.set)
+
+
+def resolved(a: argparse.Namespace) -> tuple[str, str]:
+    """The device every backend trains on (--device, else --set device, else the recipe's) and a
+    name for this machine: the result of one machine is not resumed on another."""
+    import os
+    import torch
+    from fastmix.devices.environment import cpu_name
+    from fastmix.train import speed
+    from fastmix.train.recipe import recipe_config
+    device = speed.resolve_device(recipe_config(a.recipe, overrides(a, "synthetic", Path(a.out))).device)
+    host = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores")
+    return device.type, host
+
+
+def warm_up(device: str, precision: str) -> None:
+    """One-time costs of the process, paid before the first backend's clock starts: the host's matmul
+    peak (measured once, for MFU) and matplotlib (curves.png after every period)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    if device == "cpu":
+        from fastmix.devices.ceilings import host_matmul_tflops
+        host_matmul_tflops(precision)
 
 
 def _number(value):
@@ -129,13 +162,14 @@ def table(result: dict) -> str:
     target = result.get("target_top1")
     lines = [f"Time to accuracy, {result['settings']['recipe']} recipe on {Path(result['settings']['data']).name}, "
              f"{result['host']}: {result['settings']['periods']} evaluations every "
-             f"{result['settings']['period_updates']} updates; target top-1 {target:.0f} %" if target is not None
+             f"{result['settings']['period_updates']} updates; target top-1 {target:g} %" if target is not None
              else "Time to accuracy: no backend finished", "",
              "| backend | time to target | best top-1 | last top-1 | images/s | data wait | loader cost | start-up |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["backends"].items():
         if r["status"] != "done" or not r["periods"]:
-            lines.append(f"| {name} | {r['status']}: {r.get('reason', '')} | | | | | | |")
+            reason = r.get("reason", "").replace("|", "\\|")
+            lines.append(f"| {name} | {r['status']}: {reason} | | | | | | |")
             continue
         ps = r["periods"]
         steady = ps[1:] or ps  # the first period holds the warm-up
@@ -158,13 +192,14 @@ def plot(result: dict, path: Path) -> None:
         if r["status"] == "done" and r["periods"]:
             ax.plot([p["wall_s"] / 60 for p in r["periods"]], [p["top1"] for p in r["periods"]], "o-", label=name)
     if result.get("target_top1") is not None:
-        ax.axhline(result["target_top1"], color="gray", ls=":", label=f"target {result['target_top1']:.0f} %")
+        ax.axhline(result["target_top1"], color="gray", ls=":", label=f"target {result['target_top1']:g} %")
     s = result["settings"]
     ax.set(xlabel="wall-clock minutes (start-up included)", ylabel="val top-1 (%)",
            title=f"Time to accuracy per loader: {s['recipe']} on {Path(s['data']).name}\n"
                  f"{result['host']}, {result['date']}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -188,14 +223,22 @@ def main(argv=None) -> int:
             print(f"bench.tta: {state}: not found (nothing to replot)", file=sys.stderr)
             return 2
         result = json.loads(state.read_text())
+        if a.target_top1 is not None:
+            result["settings"]["target_top1"] = a.target_top1
         write(result, out)
         print(table(result))
         return 0
-    import torch
-    from fastmix.devices.environment import cpu_name
+    from fastmix.train import speed
     from fastmix.train.checks import ConfigError
-    wanted = settings(a)
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from fastmix.train.recipe import recipe_config
+    try:
+        device, host = resolved(a)
+        precision = speed.resolve_precision(recipe_config(a.recipe, overrides(a, "synthetic", out)).precision,
+                                            speed.resolve_device(device))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"bench.tta: {e}", file=sys.stderr)
+        return 2
+    wanted = settings(a, device, host)
     backends = a.backends.split(",") if a.backends else list(CPU_BACKENDS if device == "cpu" else GPU_BACKENDS)
     result = json.loads(state.read_text()) if state.is_file() else None
     if result is not None and (result["settings"] | {"target_top1": None}) != (wanted | {"target_top1": None}):
@@ -206,9 +249,9 @@ def main(argv=None) -> int:
         result = None
     if result is None:
         out.mkdir(parents=True, exist_ok=True)
-        host = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu_name()}, {len(__import__('os').sched_getaffinity(0))} cores"
         result = {"settings": wanted, "host": host, "date": time.strftime("%Y-%m-%d"), "backends": {}}
     result["settings"]["target_top1"] = a.target_top1
+    warm_up(device, precision)
     for backend in backends:
         done = result["backends"].get(backend)
         if done and done["status"] in ("done", "skipped"):  # a failed one is tried again
@@ -222,9 +265,12 @@ def main(argv=None) -> int:
             print(f"{backend}: training {a.periods} x {a.period_updates} updates (budget {a.budget_s:.0f} s)", flush=True)
             try:
                 result["backends"][backend] = run_backend(a, backend, out)
-            except (ConfigError, FileNotFoundError) as e:  # the settings or the data: the same for every backend
+            except ConfigError as e:  # the settings: the same for every backend
                 print(f"bench.tta: {backend}: {e}", file=sys.stderr)
                 return 2
+            except FileNotFoundError as e:  # this backend's input (a .beton, say) is not in the data folder
+                result["backends"][backend] = {"status": "skipped", "reason": str(e).splitlines()[0]}
+                print(f"{backend}: skipped ({e})")
             except Exception as e:  # this backend broke: recorded (a rerun tries it again), the others still run
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 result["backends"][backend] = {"status": "failed", "reason": reason}
