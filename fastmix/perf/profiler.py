@@ -117,15 +117,16 @@ def classify(name: str, shapes, in_optimizer: bool) -> str:
     return "other"
 
 
-def op_breakdown(step, device: torch.device, steps: int = 2) -> dict:
-    """Seconds per step by op class (device time on CUDA, self CPU time on CPU)."""
+def op_breakdown(step, device: torch.device, steps: int = 2, classify=classify, groups=(*CLASSES, "other")) -> dict:
+    """Seconds per step by op class (device time on CUDA, self CPU time on CPU); `classify` maps
+    (aten op, input shapes, inside the optimizer's step) to one of `groups`."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts, record_shapes=True) as prof:
         for _ in range(steps):
             step()
         speed.sync(device)
-    out = dict.fromkeys((*CLASSES, "other"), 0.0)
+    out = dict.fromkeys(groups, 0.0)
     for ev in prof.events():
         us = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
         if us <= 0 or not ev.name.startswith("aten::"):
