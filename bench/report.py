@@ -142,6 +142,38 @@ def calibration(d: dict) -> str:
         "; ".join(others) + ".\n\n" + text.CALIBRATION_AFTER
 
 
+def tiny64(d: dict) -> str:
+    """The tiny64 acceptance run: tools/train.py's summary.json, copied with its curves.png."""
+    rows, cfg = d["epochs"], d["config"]
+    best = max(rows, key=lambda r: float(r["top1"]))
+    lines = [text.TINY64_BEFORE.format(model=cfg["model"], overrides=cfg["model_overrides"], precision=d["precision"],
+                                       epochs=cfg["epochs"], best=float(best["top1"]), epoch=best["epoch"],
+                                       wall=float(rows[-1]["wall_s"]) / 60, peak=d["mfu_peak"],
+                                       total=(f"{d['command_wall_s'] / 60:.1f} minutes for the whole command, "
+                                              "start-up included" if d.get("command_wall_s") else
+                                              "the command's own start-up not measured")), "",
+             "| epoch | val top-1 | top-5 | train loss | images/s | MFU | data wait | loader cost | minutes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        def pct(key, digits=0):
+            return f"{100 * float(r[key]):.{digits}f} %" if r.get(key) not in ("", None) else "n/a"
+        lines.append(f"| {r['epoch']} | {float(r['top1']):.1f} % | {float(r['top5']):.1f} % | "
+                     f"{float(r['train_loss']):.3f} | {float(r['images_per_s']):.0f} | {pct('mfu')} | "
+                     f"{pct('data_wait_share', 1)} | {pct('loader_slowdown')} | {float(r['wall_s']) / 60:.1f} |")
+    return "\n".join(lines) + "\n\n![tiny64 curves](../bench/results/tiny64-cpu2/curves.png)\n\n" + text.TINY64_AFTER
+
+
+def cpu_step(d: dict) -> str:
+    from bench.cpu_step import table
+    return text.CPU_STEP_BEFORE + "\n\n" + table(d) + "\n![variants and ops](../bench/results/cpu-step-tiny64.png)"
+
+
+def time_to_accuracy(d: dict) -> str:
+    from bench.tta import table
+    return text.TTA_BEFORE + "\n\n" + table(d) + "\n![top-1 against minutes](../bench/results/tta/tta.png)\n\n" + \
+        text.TTA_AFTER
+
+
 SECTIONS = [
     Section("Conversion: max side and quality", "convert-quality-cpu2.json", convert_quality),
     Section("Conversion throughput", "convert-cpu2.json", convert_throughput),
@@ -150,13 +182,10 @@ SECTIONS = [
     Section("Storage choices: write mode and max side", "storage-cpu2.json", storage),
     Section("Cores to feed each GPU", "feed-cpu2.json", feed),
     Section("Cost model calibration on this CPU", "calibration-cpu2/calibration.json", calibration),
-    Section("Time to accuracy", "tta/tta.json", lambda d: _no_table("tta/tta.json"), missing=text.TTA_MISSING),
+    Section("The CPU training step: options and ops", "cpu-step-tiny64.json", cpu_step, missing=text.CPU_STEP_MISSING),
+    Section("Tiny ImageNet in 30 minutes on 2 cores", "tiny64-cpu2/summary.json", tiny64, missing=text.TINY64_MISSING),
+    Section("Time to accuracy", "tta/tta.json", time_to_accuracy, missing=text.TTA_MISSING),
 ]
-
-
-def _no_table(source: str) -> str:
-    raise SystemExit(f"bench.report: bench/results/{source} exists, but its section has no table function yet: "
-                     f"write one and put it in SECTIONS")
 
 
 def anchor(title: str) -> str:

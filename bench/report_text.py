@@ -132,3 +132,40 @@ timings of one."""
 
 TTA_MISSING = """Tiny ImageNet (64 px) on a 2-core CPU: the `tiny64` recipe, time to accuracy per loader. Not
 measured yet: the page gets its table when `bench/results/tta/tta.json` exists."""
+
+TINY64_MISSING = """The `tiny64` recipe's 30-minute run on a 2-core CPU. Not measured yet: the page gets its table
+when `bench/results/tiny64-cpu2/summary.json` exists."""
+
+TINY64_BEFORE = """Tiny ImageNet at its stored 64 px, 100 classes (50,000 train / 5,000 val), trained from the
+converted folder on a 2-core CPU by
+
+    tools/train.py --recipe tiny64 --data data/tinyimagenet
+
+`{model}` with {overrides}, {precision}, {epochs} epochs (the recipe's reasons are in
+`fastmix/train/recipes/tiny64.yaml`): best val top-1 **{best:.1f} %** (epoch {epoch}) after
+{wall:.1f} minutes of training and evaluation; {total}. MFU is against {peak}. "Loader cost" is the share of the rate the same update reaches
+with no loader running, timed after every epoch in the same process (`fastmix/train/loadercost.py`);
+"data wait" is the time the loop blocked on the loader."""
+
+TINY64_AFTER = """Evaluating the run's best checkpoint with `tools/evaluate.py --checkpoint <run>/best.pt --data
+data/tinyimagenet` gives the same top-1 (tested on generated data in `tests/test_evaluate.py`)."""
+
+TTA_BEFORE = """The same recipe and seed once per loader backend, top-1 against wall-clock (start-up included),
+evaluated on the whole val split at fixed numbers of updates:
+
+    python -m bench.tta --data data/tinyimagenet"""
+
+TTA_AFTER = """A backend is skipped with its reason where it cannot run (pil reads an ImageFolder tree, which
+Tiny ImageNet's download layout is not; its shards are read by pil-wds)."""
+
+CPU_STEP_MISSING = """The tiny64 recipe's training step on this CPU, option by option and op by op. Not measured yet:
+the page gets its table when `bench/results/cpu-step-tiny64.json` exists."""
+
+CPU_STEP_BEFORE = """The tiny64 recipe's update (fused AdamW, autocast, one batch held in memory) per variant, timed
+round-robin in one process, and the recipe variant's step split by op with torch.profiler:
+
+    python -m bench.cpu_step --compile
+
+Compare images/s across rows. MFU is against the host matmul this process measured first; on this
+VM the same 1024² bf16 matmul reads 0.20 to 0.40 TFLOP/s from one process to the next, so a MFU
+here is only as good as that reading (the tiny64 run's 30 % is against 0.39, near the best seen)."""

@@ -145,7 +145,7 @@ def test_the_lent_command_ends_on_time_and_brings_the_results_back(tmp_path):
     """The rehearsal on the CPU: a small budget, the results in one flat folder of at most 8 files."""
     budget = 30
     t0 = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "bench.gpu.lent", "--smoke", "--budget-s", str(budget), "--results",
+    run = subprocess.run([sys.executable, "-m", "bench.gpu.lent", "--smoke", "--budget-s", str(budget), "--out",
                           str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     took = time.perf_counter() - t0
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

@@ -72,7 +72,8 @@ def summary_markdown(record: dict) -> str:
                   f"{r['model']}: {r.get('updates')} updates, backend {r.get('backend')}, channels_last "
                   f"{r.get('channels_last')}, compile {_fmt(r.get('compile_s'))} s; step log median "
                   f"{_fmt(r.get('step_images_per_s'))} img/s, MFU {_fmt(r.get('step_mfu'))}, loader-wait share "
-                  f"{_fmt(r.get('loader_wait_share'))}.",
+                  f"{_fmt(r.get('loader_wait_share'))}, loader cost {_fmt(r.get('loader_slowdown'))} (the last "
+                  "epoch's rate against the same update with no loader running).",
                   f"NVML over the steady steps ({tel.get('samples', 0)} samples in {_fmt(tel.get('window_s'))} s): " + (", ".join(f"{k} {_fmt(v.get('median'))}" for k, v in tel.items() if isinstance(v, dict)
                                         and "median" in v) or tel.get("reason", "no samples")), ""]
     lines += ["## How to read this", "",

@@ -25,6 +25,18 @@ T4_USABLE_GB = 15.0
 SMOKE_COMPILE_BACKEND = "aot_eager"  # dynamo + AOT autograd, without inductor's minutes of C++ on a CPU
 
 
+def last_epoch_value(path, key: str):
+    """A column of a run's last epochs.csv row (None if absent): the trainer's loader cost, which no
+    wait share shows (fastmix/train/loadercost.py)."""
+    import csv
+    try:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        return float(rows[-1][key]) if rows and rows[-1].get(key) not in ("", None) else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def train_run(ctx, name: str, args: list[str], memory_gb: float | None = None) -> dict:
     """tools/train.py in a child process (bench.gpu.capped: optional memory cap, peak memory, OOM,
     compilations), with what is left of the phase as its timeout."""
@@ -132,7 +144,8 @@ def end_to_end(ctx) -> dict:
         return vals[len(vals) // 2] if vals else None
     r.update(model=model, layout_from=source, log_every=log_every, images=images_label(ctx),
              telemetry=tel.summary(windows=watcher.windows()), step_images_per_s=median("images_per_s"),
-             step_mfu=median("mfu"), loader_wait_share=median("data_wait_share"), logged_updates=len(steps))
+             step_mfu=median("mfu"), loader_wait_share=median("data_wait_share"), logged_updates=len(steps),
+             loader_slowdown=last_epoch_value(ctx.work / "e2e" / "epochs.csv", "loader_slowdown"))
     ctx.partial = r
     if r["returncode"] != 0:
         raise RuntimeError(f"tools/train.py exited {r['returncode']}: {r.get('log_tail', '')}")

@@ -175,24 +175,35 @@ def write_csv(path: Path, grid: dict, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def plot(path: Path, rows: list[dict]) -> None:
-    """Train accuracy, test accuracy, time per epoch, learning rate against epoch; a line per cell."""
+def plot(path: Path, rows: list[dict], title: str = "") -> None:
+    """Train accuracy, test accuracy, time per epoch, learning rate against epoch; a line per cell.
+    A panel with no data (train accuracy under mixup/cutmix) says so instead of staying empty."""
+    import time
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [("train_top1", "train accuracy (%)"), ("top1", "test accuracy (%)"),
               ("epoch_time_s", "time per epoch (s)"), ("lr", "learning rate")]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    drawn = set()
     for row in rows:
         with open(Path(row["out"]) / "epochs.csv") as f:
             epochs = list(csv.DictReader(f))
-        x = [int(r["epoch"]) + 1 for r in epochs]
+        x = [int(r["epoch"]) for r in epochs]  # epochs.csv counts from 1
         for ax, (key, _) in zip(axes.flat, panels):
             y = [float(r[key]) if r.get(key) not in ("", None) else float("nan") for r in epochs]
-            ax.plot(x, y, "o-", ms=3, label=row["cell"])
-    for ax, (_, title) in zip(axes.flat, panels):
-        ax.set(title=title, xlabel="epoch")
-    axes.flat[0].legend(fontsize=7)
+            if any(v == v for v in y):
+                ax.plot(x, y, "o-", ms=3, label=row["cell"])
+                drawn.add(key)
+    for ax, (key, name) in zip(axes.flat, panels):
+        ax.set(title=name, xlabel="epoch")
+        if key not in drawn:
+            ax.text(0.5, 0.5, "not measured in these runs\n(no hard labels under mixup/cutmix)", ha="center",
+                    va="center", transform=ax.transAxes, color="gray")
+    if "top1" in drawn:
+        axes.flat[1].legend(fontsize=7)
+    fig.suptitle(f"Sweep{': ' + title if title else ''} ({len(rows)} cells), plotted {time.strftime('%Y-%m-%d %H:%M')}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -213,5 +224,6 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], out: str | Path,
             print(f"sweep: {cell_name(cell)}: {row['predicted_on']}", flush=True)
         rows.append({"cell": cell_name(cell), **row})
         write_csv(out / "sweep.csv", grid, rows)  # after every cell: progress is visible
-    plot(out / "sweep.png", rows)
+    axes = ", ".join(f"{k} in {v}" for k, v in grid.items())
+    plot(out / "sweep.png", rows, f"{axes}; {base.model} on {Path(base.data).name}, {base.device}")
     return rows
