@@ -160,7 +160,16 @@ def tiny64(d: dict) -> str:
         lines.append(f"| {r['epoch']} | {float(r['top1']):.1f} % | {float(r['top5']):.1f} % | "
                      f"{float(r['train_loss']):.3f} | {float(r['images_per_s']):.0f} | {pct('mfu')} | "
                      f"{pct('data_wait_share', 1)} | {pct('loader_slowdown')} | {float(r['wall_s']) / 60:.1f} |")
-    return "\n".join(lines) + "\n\n![tiny64 curves](../bench/results/tiny64-cpu2/curves.png)\n\n" + text.TINY64_AFTER
+    return "\n".join(lines) + "\n\n![tiny64 curves](../bench/results/tiny64-cpu2/curves.png)\n\n" + evaluated(d)
+
+
+def evaluated(d: dict) -> str:
+    """tools/evaluate.py's result on the run's best checkpoint, recorded beside the run's summary."""
+    e = d.get("evaluate_best")
+    if not e:
+        return "The run's best checkpoint has not been evaluated separately."
+    return text.TINY64_AFTER.format(top1=e["top1"], top5=e["top5"], images=e["eval_images"], backend=e["backend"],
+                                    precision=e["precision"], size=e["image_size"], best=d["best_top1"])
 
 
 def cpu_step(d: dict) -> str:

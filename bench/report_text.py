@@ -143,12 +143,13 @@ converted folder on a 2-core CPU by
 
 `{model}` with {overrides}, {precision}, {epochs} epochs (the recipe's reasons are in
 `fastmix/train/recipes/tiny64.yaml`): best val top-1 **{best:.1f} %** (epoch {epoch}) after
-{wall:.1f} minutes of training and evaluation; {total}. MFU is against {peak}. "Loader cost" is the share of the rate the same update reaches
+{wall:.1f} minutes of training and evaluation; {total}. MFU is against the peak the run measured at its start ({peak}). "Loader cost" is the share of the rate the same update reaches
 with no loader running, timed after every epoch in the same process (`fastmix/train/loadercost.py`);
 "data wait" is the time the loop blocked on the loader."""
 
-TINY64_AFTER = """Evaluating the run's best checkpoint with `tools/evaluate.py --checkpoint <run>/best.pt --data
-data/tinyimagenet` gives the same top-1 (tested on generated data in `tests/test_evaluate.py`)."""
+TINY64_AFTER = """`tools/evaluate.py --checkpoint <run>/best.pt --data data/tinyimagenet` on the run's best
+checkpoint: {top1:.2f} % top-1, {top5:.2f} % top-5 on the {images} val images ({backend}, {precision},
+{size} px), against the run's own best of {best:.2f} %."""
 
 TTA_BEFORE = """The same recipe and seed once per loader backend, top-1 against wall-clock (start-up included),
 evaluated on the whole val split at fixed numbers of updates:
