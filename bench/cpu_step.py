@@ -4,9 +4,9 @@
     python -m bench.cpu_step --recipe cifar10 --compile
 
 Every variant is the trainer's own update (fused AdamW, autocast, the loader's input dtype) on
-one batch held in memory (the clip, label smoothing and the loop's statistics left out): precision (fp32, bf16 where the CPU has native bf16) x memory format
-(channels_last, contiguous), the recipe's variant also at 1 compute thread and, with --compile,
-compiled by inductor. The variants are timed round-robin, --repeats rounds of --steps steps, so a
+one batch held in memory (the clip, label smoothing and the loop's statistics left out):
+precision (fp32, bf16 where the CPU has native bf16) x memory format (channels_last, contiguous),
+the recipe's variant also at 1 compute thread and, with --compile, compiled by inductor. The variants are timed round-robin, --repeats rounds of --steps steps, so a
 slow spell of a shared machine spreads over all of them; each gets its median. For the recipe's
 variant a torch.profiler pass splits the step by op (self CPU time): depthwise conv, pointwise and
 stem conv, BatchNorm, GELU, the residual add, the optimizer, the rest; MFU is against this host's
@@ -143,11 +143,11 @@ def main(argv=None) -> int:
         v["step_s"] = statistics.median(v["times"])
         v["images_per_s"] = cfg.micro_batch_size / v["step_s"]
         v["mfu"] = v["images_per_s"] * flops / (peaks[v["precision"]] * 1e12)
-    recipe_index = next(i for i, v in enumerate(runs) if v["precision"] == precision
-                        and v["channels_last"] == (cfg.channels_last != "off") and v["threads"] == cores and not v["compiled"])
+    recipe = {"precision": precision, "channels_last": cfg.channels_last != "off", "threads": cores, "compiled": False}
+    recipe_index = next(i for i, v in enumerate(runs) if all(v[k] == recipe[k] for k in recipe))
     ops = breakdown(steps[recipe_index])
-    result = {"recipe": a.recipe, "model": cfg.model, "model_overrides": cfg.model_overrides, "batch": cfg.micro_batch_size,
-              "image_size": cfg.image_size, "host": f"{cpu_name()}, {cores} cores", "torch": torch.__version__,
+    result = {"recipe": a.recipe, "model": cfg.model, "model_overrides": cfg.model_overrides,
+              "batch": cfg.micro_batch_size, "image_size": cfg.image_size, "host": f"{cpu_name()}, {cores} cores", "torch": torch.__version__,
               "measured_at": time.strftime("%Y-%m-%d"), "host_matmul_tflops": peaks, "train_flops_per_image": flops,
               "variants": runs, "recipe_variant": recipe_index, "ops_s": ops, "ops_profiled_step_s": sum(ops.values())}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -234,8 +234,8 @@ class Trainer:
         self.net.train()
         self.stats.new_epoch()
         self.train_hits.zero_()
-        bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if self.dist.is_main else True,
-                   leave=False, dynamic_ncols=True, mininterval=2)
+        bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=None if self.dist.is_main else True, leave=False, dynamic_ncols=True, mininterval=2)
         start = window_start = time.perf_counter()
         window, waited, out_of_memory, batches = 0, 0.0, None, iter(loader)
         speed.compute_threads(cfg.threads)  # ffcv's iter() resets torch's threads to its workers
@@ -274,8 +274,8 @@ class Trainer:
         loss_sum, updates, correct, seen = self.dist.sum_(sums).tolist()
         return {"train_loss": loss_sum / max(1, updates), "train_top1": 100 * correct / seen if seen else None,
                 "images_per_s": self.updates_per_epoch * cfg.batch_size * self.dist.world_size / elapsed,
-                "epoch_time_s": elapsed, "data_wait_share": epoch_waited / elapsed, "image_size": size, "nonfinite_skipped": int(stats["nonfinite"]),
-                "scaler_skipped": int(stats["scaler_skipped"])}
+                "epoch_time_s": elapsed, "data_wait_share": epoch_waited / elapsed, "image_size": size,
+                "nonfinite_skipped": int(stats["nonfinite"]), "scaler_skipped": int(stats["scaler_skipped"])}
 
     def _read(self, epoch: int, size: int, window: int, window_start: float, waited: float, bar,
               logged: bool) -> dict:
