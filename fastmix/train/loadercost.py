@@ -7,8 +7,8 @@ and compares: slowdown = 1 - epoch images/s / loader-free images/s. The slowdown
 too (it is everything the loop lost to its loader), and in the first epoch also the warm-up (and
 the compile, where compile is on).
 
-The bare update is the trainer's: forward under autocast, the run's loss (label smoothing
-included), backward per micro-batch, gradient clipping, an optimizer step. It steps a fresh
+The bare update is the trainer's: forward under autocast, cross-entropy with the run's label
+smoothing (on the batch's hard labels), backward per micro-batch, gradient clipping, an optimizer step. It steps a fresh
 optimizer of the run's kind over the same parameter groups (the run's optimizer, its state and
 step hooks are not touched) and puts the weights back afterwards, so training is unchanged. Left
 out, so the slowdown is a slight upper bound: mixup/cutmix and erasing, the EMA update and the

@@ -363,7 +363,9 @@ class Trainer:
         if self._last_batch is None or self.dist.enabled:
             return {}
         seconds = loadercost.loader_free_seconds(self.net, self.model, self.optimizer, self._last_batch,
-                                                 self.accum_steps, self.precision, self.device, self.augment.loss,
+                                                 self.accum_steps, self.precision, self.device,
+                                                 # hard labels here: the run's loss without mixup's soft targets
+                                                 torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing),
                                                  self.channels_last, self.cfg.clip_grad)
         if seconds is None:  # no device memory for the measurement's copies
             return {}
