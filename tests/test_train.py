@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from conftest import kill_when_exists
 from fastmix.train.optim import OneCycleLR, peak_lr
 from fastmix.train.recipe import RECIPES, TrainConfig, load_recipe
+from fastmix.train.runlog import TIMING_FIELDS
 from fastmix.train.trainer import NonFiniteLoss, Trainer, image_size_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,8 +149,7 @@ def test_killed_run_resumes_to_the_same_metrics(converted, tmp_path):
 
     resumed = train_cli(data, tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
-    volatile = {"images_per_s", "epoch_time_s", "mfu", "data_wait_share", "loader_free_images_per_s",
-                "loader_slowdown", "wall_s"}  # timings
+    volatile = set(TIMING_FIELDS)
     strip = [{k: v for k, v in r.items() if k not in volatile} for r in rows(tmp_path / "straight")]
     assert [{k: v for k, v in r.items() if k not in volatile} for r in rows(tmp_path / "killed")] == strip
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]

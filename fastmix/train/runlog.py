@@ -15,6 +15,10 @@ EPOCH_FIELDS = ["epoch", "train_loss", "train_top1", "eval_loss", "top1", "top5"
                 "mfu", "data_wait_share", "loader_free_images_per_s", "loader_slowdown", "epoch_time_s", "wall_s",
                 "image_size", "nonfinite_skipped", "scaler_skipped"]
 
+# measured times and rates: they differ between two runs that train exactly the same way
+TIMING_FIELDS = ("images_per_s", "mfu", "data_wait_share", "loader_free_images_per_s", "loader_slowdown",
+                 "epoch_time_s", "wall_s")
+
 
 def epoch_line(row: dict, epochs: int) -> str:
     """`epoch 3/30  loss 4.11  val top-1 27.9 %  top-5 69.7 %  282 img/s  MFU 31 %  wait 0.2 %
