@@ -111,8 +111,9 @@ def test_one_compilation_per_training_resolution(flat_converted, tmp_path, count
 
 def test_cudnn_autotunes_and_channels_last_auto_measures_the_run_as_it_trains(flat_converted, tmp_path, monkeypatch,
                                                                              counted_compiles):
-    """benchmark on for training (off under torch.use_deterministic_algorithms), on while the
-    channels_last probe runs, and the probe compiled when the run compiles."""
+    """benchmark on for training (off under torch.use_deterministic_algorithms) and on while the
+    channels_last probe runs; on a CPU the probe runs eagerly even when the run compiles (compiling
+    it twice there costs minutes: speed.choose_channels_last), so only training compiles."""
     data, _, _ = flat_converted
     seen, timed = [], speed.time_train_steps
 
@@ -123,7 +124,7 @@ def test_cudnn_autotunes_and_channels_last_auto_measures_the_run_as_it_trains(fl
     torch.backends.cudnn.benchmark = False
     trainer = Trainer(tiny(data, tmp_path / "a", channels_last="auto", compile=True))
     assert torch.backends.cudnn.benchmark and trainer.describe()["cudnn_benchmark"]
-    assert seen == [(True, "OptimizedModule")] * 2 and len(counted_compiles) == 2
+    assert seen == [(True, "ConvMixer")] * 2 and len(counted_compiles) == 0
     torch.use_deterministic_algorithms(True)
     try:
         assert not Trainer(tiny(data, tmp_path / "b")).cudnn_benchmark

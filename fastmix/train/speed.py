@@ -119,7 +119,7 @@ def choose_channels_last(model: nn.Module, setting: str, device: torch.device, p
         memory_format = getattr(torch, "channels_last" if fmt == "channels_last" else "contiguous_format")
         net = compile_model(probe.to(memory_format=memory_format), compile, compile_mode)
         x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
-        return time_train_steps(net, x, precision, steps, warmup)
+        return time_train_steps(net, x, precision, steps=steps, warmup=warmup)
 
     timings = None
     while timings is None:
