@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,13 +142,21 @@ class PILLoader(BaseLoader):
                 self.dataset, batch_size=cfg.batch_size, sampler=_EpochSampler(self),
                 num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
                 drop_last=cfg.last_batch == "drop", persistent_workers=cfg.workers > 0,
-                generator=torch.Generator().manual_seed(cfg.seed), prefetch_factor=4 if cfg.workers else None)
+                generator=torch.Generator().manual_seed(cfg.seed), prefetch_factor=4 if cfg.workers else None,
+                worker_init_fn=_ignore_sigint)
         try:
             for images, labels in self._loader:
                 yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
         except CorruptSample as e:  # from a worker its message carries the worker's traceback: keep our line
             line = str(e).strip().splitlines()[-1]
             raise CorruptSample(line.partition("CorruptSample: ")[2] or line) from None
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the parent alone stops (one line, exit 130) and shuts
+    its workers down. A worker killed by it mid-hand-off made the parent's resource-sharing thread
+    print a traceback after that line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _EpochSampler(Sampler):
