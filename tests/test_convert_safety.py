@@ -26,6 +26,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def damage(out: Path) -> tuple[Path, Path]:
+    """A flipped byte in the second train shard and 100 bytes cut off the val .beton (also
+    tests/test_convert.py's tampering check)."""
     shard = sorted(out.glob("wds/train-*.tar"))[1]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
