@@ -9,6 +9,7 @@ import io
 import json
 import random
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -143,7 +144,7 @@ class PILLoader(BaseLoader):
                 num_workers=cfg.workers, pin_memory=cfg.torch_device.type == "cuda",
                 drop_last=cfg.last_batch == "drop", persistent_workers=cfg.workers > 0,
                 generator=torch.Generator().manual_seed(cfg.seed), prefetch_factor=4 if cfg.workers else None,
-                worker_init_fn=_ignore_sigint)
+                worker_init_fn=_worker_init)
         try:
             for images, labels in self._loader:
                 yield normalize(images, cfg), labels.to(cfg.torch_device, non_blocking=True)
@@ -152,11 +153,20 @@ class PILLoader(BaseLoader):
             raise CorruptSample(line.partition("CorruptSample: ")[2] or line) from None
 
 
-def _ignore_sigint(_worker_id: int) -> None:
+def _worker_init(_worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: the parent alone stops (one line, exit 130) and shuts
-    its workers down. A worker killed by it mid-hand-off made the parent's resource-sharing thread
-    print a traceback after that line."""
+    its workers down. A batch leaves a worker as a file descriptor that the parent fetches from the
+    worker's resource-sharing thread; a parent interrupted mid-fetch hangs up, and that thread then
+    prints a BrokenPipeError traceback under the parent's one line (seen in CI). The hang-up is the
+    parent's to report, so a worker stays quiet about it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_on_hang_up
+
+
+def _quiet_on_hang_up(kind, value, tb) -> None:
+    # multiprocessing.resource_sharer reports its thread's errors through sys.excepthook
+    if not issubclass(kind, (BrokenPipeError, ConnectionResetError, EOFError)):
+        sys.__excepthook__(kind, value, tb)
 
 
 class _EpochSampler(Sampler):
