@@ -53,18 +53,35 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+RETRY_S = 0.5  # a dropped Stop is raised again this soon
+
+
 @contextmanager
 def stop_signals():
-    """SIGALRM (the deadline), SIGTERM and SIGINT raise Stop in the main thread while entered."""
+    """SIGALRM (the deadline), SIGTERM and SIGINT raise Stop in the main thread while entered.
+
+    Python prints and drops an exception raised while the main thread runs a finalizer (a
+    `__del__`, a weakref callback): a Stop raised there is lost and the phase runs on. So every
+    Stop re-arms the timer, and SIGALRM raises it again every RETRY_S until the phase catches it
+    and disarms the timer. The signal's number is kept in the list this yields."""
+    received: list[int] = []
+
+    def again(why: str, signum: int | None):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        raise Stop(why, signum)
+
     def deadline(signum, frame):
-        raise Stop(STOPPED_AT_DEADLINE)
+        if received:
+            again(f"stopped by {signal.Signals(received[0]).name}", received[0])
+        again(STOPPED_AT_DEADLINE, None)
 
     def interrupted(signum, frame):
-        raise Stop(f"stopped by {signal.Signals(signum).name}", signum)
+        received[:] = received or [signum]
+        again(f"stopped by {signal.Signals(received[0]).name}", received[0])
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGALRM, deadline), (signal.SIGTERM, interrupted),
                                                (signal.SIGINT, interrupted))}
     try:
-        yield
+        yield received
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in old.items():
@@ -92,12 +109,14 @@ class Suite:
         start = time.perf_counter()
         end = start + self.budget_s - self.reserve_s
         self.ctx.results = self.record["phases"]
-        with stop_signals():
+        with stop_signals() as received:
             for phase in self.phases:
                 try:
                     self._run_phase(phase, end)
                 except Stop as s:  # a signal between phases (while saving): the run still ends well
+                    signal.setitimer(signal.ITIMER_REAL, 0)
                     self.signum = s.signum if s.signum else self.signum
+                self.signum = self.signum or (received[0] if received else None)  # also a Stop that was dropped
                 if self.signum:
                     break
             self.record["suite"]["total_s"] = round(time.perf_counter() - start, 2)
