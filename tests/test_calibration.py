@@ -55,20 +55,34 @@ def measured_step(batch: int, size: int) -> float:
     return back_to_back_seconds(step, CPU, reps=2)
 
 
-def test_op_level_calibration_predicts_held_out_steps(one_thread):
-    """Calibrate on isolated ops at batches 2 and 6 (32 px); predict whole steps at another
-    batch, and at another batch and resolution, each measured."""
-    cpu = load_catalog()["cpu"]
+def op_level_attempt(cpu) -> list[tuple]:
+    """One calibration on isolated ops at batches 2 and 6 (32 px), then whole steps measured at
+    another batch, and at another batch and resolution: (case, predicted, default, measured)."""
     cal = op_calibration([OpCase(TINY, 32, b) for b in (2, 6)], CPU, cpu, reps=5)
     assert {"depthwise:k7:nchw", "pointwise:nchw", "activation:relu:nchw", "optimizer"} <= set(cal["op_efficiency"])
     eff = Efficiency(ops=cal["op_efficiency"], step_overhead_s=cal["step_overhead_s"],
                      overhead_per_op_s=cal["overhead_per_op_s"], source="op-level")
+    rows = []
     for batch, size in [(4, 32), (12, 48)]:  # the second: ops, not fixed costs, dominate
         measured = measured_step(batch, size)
-        predicted = predict_step(TINY, batch, "fp32", cpu, eff, size)["step_s"]
-        default = predict_step(TINY, batch, "fp32", cpu, Efficiency(), size)["step_s"]
-        assert within(predicted, measured), (batch, size, predicted, measured)
-        assert closer(predicted, default, measured), (batch, size, predicted, default, measured)
+        rows.append(((batch, size), predict_step(TINY, batch, "fp32", cpu, eff, size)["step_s"],
+                     predict_step(TINY, batch, "fp32", cpu, Efficiency(), size)["step_s"], measured))
+    return rows
+
+
+def test_op_level_calibration_predicts_held_out_steps(one_thread):
+    """Up to three tries, each calibrating afresh and measuring afresh; one where every held-out
+    step is within FACTOR and much closer than the defaults passes. A load spike between the op
+    timings and the step timings failed this once in CI (each ran in a different spell of the
+    shared machine); a calibration that ignores its timings fails every try by construction."""
+    cpu = load_catalog()["cpu"]
+    tries = []
+    for _ in range(3):
+        rows = op_level_attempt(cpu)
+        tries.append(rows)
+        if all(within(p, m) and closer(p, d, m) for _, p, d, m in rows):
+            return
+    pytest.fail(f"no try predicted the held-out steps (case, predicted, default, measured): {tries}")
 
 
 def test_end_to_end_calibration_leave_one_out(tmp_path, one_thread):
