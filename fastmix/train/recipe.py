@@ -33,7 +33,8 @@ class TrainConfig:
     # batch: micro_batch x accumulation steps = batch_size (the optimizer's batch, per process)
     batch_size: int = 64
     micro_batch: int | dict = 64             # int, or {variant: int} (the t4 recipe)
-    epochs: int = 100
+    epochs: int = 100                        # with time_budget_min: the most epochs
+    time_budget_min: float | None = None     # fit the epochs to this wall clock, measured here (budget.py)
     image_size: int = 224
     val_image_size: int | None = None        # default: image_size
     progressive: dict | None = None          # {start: 160, until: 0.75}: size ramps start -> image_size

@@ -70,11 +70,20 @@ def check_resume(path: Path, saved: dict, now: dict, allow_changes: bool) -> lis
     return diff
 
 
+def budget_chose_epochs(saved: dict, config: dict) -> bool:
+    """The saved run had the same time budget, which chose its epochs (at most the recipe's): a
+    resume keeps them rather than measuring again and changing the schedule mid-run."""
+    return bool(config.get("time_budget_min")) and saved.get("time_budget_min") == config["time_budget_min"] \
+        and saved.get("epochs", 0) <= config["epochs"]
+
+
 def read_resume(path: Path, config: dict, allow_changes: bool) -> dict:
     """The checkpoint to resume from, once its settings are checked against `config`."""
     state = checkpoint.load(path)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ValueError(f"{path}: not a fastmix checkpoint (no config)")
+    if budget_chose_epochs(state["config"], config):
+        config = {**config, "epochs": state["config"]["epochs"]}
     changed = check_resume(path, state["config"], config, allow_changes)
     if changed:
         warnings.warn(f"resuming {path} with other settings: {'; '.join(changed)}", stacklevel=3)

@@ -18,6 +18,7 @@ Evaluation runs the uncompiled model (see speed.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from fastmix.model.convmixer import create_model
 from loaders import make_loader
 
-from . import checkpoint, distributed, loadercost, runfolder, speed
+from . import budget, checkpoint, distributed, loadercost, runfolder, speed
 from .augment import BatchAugment
 from .evaluate import evaluate
 from .mfu import MFU
@@ -52,23 +53,28 @@ class NonFiniteLoss(RuntimeError):
 
 
 def image_size_at(cfg: TrainConfig, epoch: int) -> int:
-    """Progressive resizing: `start` -> image_size by `until` x epochs, in steps of 32 px."""
+    """Progressive resizing: `start` -> image_size by `until` x epochs, in steps of 32 px (FFCV's
+    ImageNet schedule), or of 8 px below 128 px, where 32 px steps would leave two sizes."""
     if not cfg.progressive:
         return cfg.image_size
     start, until = int(cfg.progressive["start"]), float(cfg.progressive.get("until", 0.75))
     end_epoch = max(1, round(until * cfg.epochs) - 1)
     size = np.interp(epoch, [0, end_epoch], [start, cfg.image_size])
-    return int(min(cfg.image_size, max(32, size // 32 * 32)))
+    step = 32 if cfg.image_size >= 128 else 8
+    return int(min(cfg.image_size, max(32, size // step * step)))
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, allow_changes: bool = False):
         """`resume` continues OUT/last.pt (other settings than it was saved with need `allow_changes`);
         a folder that holds a run is refused without one of `resume` and `overwrite` (runfolder.py)."""
+        started = time.monotonic()
         self.cfg = cfg
         self.out = Path(cfg.out)
         runfolder.check(self.out, resume, overwrite)  # before any work
         saved = runfolder.read_resume(self.out / "last.pt", cfg.to_dict(), allow_changes) if resume else None
+        if saved is not None and cfg.time_budget_min and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict()):
+            self.cfg = cfg = dataclasses.replace(cfg, epochs=saved["config"]["epochs"])  # keep the first start's choice
         self.dist, self.device = distributed.init(speed.resolve_device(cfg.device))
         self.precision = speed.resolve_precision(cfg.precision, self.device)
         checkpoint.seed_everything(cfg.seed + self.dist.rank)  # mixup/erasing differ per rank
@@ -111,8 +117,12 @@ class Trainer:
         self.updates_per_epoch = int(min(self.dist.gather(updates)))
         if self.updates_per_epoch < 1:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
-        self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
         self.threads = speed.compute_threads(cfg.threads)  # after the loaders: importing ffcv set 1
+        # before the schedule, which spans the epochs; a resume kept the first start's choice
+        self.budget = budget.choose(self, time.monotonic() - started) if cfg.time_budget_min and saved is None else None
+        if self.budget:
+            self.cfg = cfg = dataclasses.replace(cfg, epochs=self.budget["epochs"])
+        self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
         self._last_batch = None
 
         self.mfu = MFU(model.config, self.num_classes, self.device, self.precision, self.dist.world_size)
@@ -167,7 +177,7 @@ class Trainer:
                 "cudnn_benchmark": self.cudnn_benchmark, "mfu_peak": self.mfu.source, "world_size": self.dist.world_size,
                 "micro_batch": self.micro_batch, "accum_steps": self.accum_steps,
                 "micro_batch_retries": self.micro_batch_retries, "peak_lr": self.lr,
-                "updates_per_epoch": self.updates_per_epoch,
+                "updates_per_epoch": self.updates_per_epoch, "time_budget": self.budget,
                 "augmentations": {**loader.augmentations, **self.augment.names},
                 "not_applied_by_backend": missing}
 
