@@ -98,6 +98,12 @@ def test_progressive_is_train_pys_syntax_sized_as_the_trainer_sizes_it(capsys):
     assert rc == 0 and row["sizes"] == list(dict.fromkeys(trainer)) and set(row["per_size"]) == {"160", "192", "224"}
 
 
+def test_small_images_ramp_in_8_px_steps():
+    """Below 128 px the ramp steps by 8 px: with 32 px steps a 40 -> 56 ramp was 32 then 56."""
+    cfg = TrainConfig(epochs=9, image_size=56, progressive={"start": 40, "until": 0.67})
+    assert [image_size_at(cfg, e) for e in range(9)] == [40, 40, 40, 48, 48, 56, 56, 56, 56]
+
+
 def test_the_old_progressive_syntax_warns_and_keeps_its_meaning(capsys):
     assert schedule(["--epochs", "4", "--progressive", "128:224"]) == plan.epoch_sizes(4, [128, 224])
     [line] = capsys.readouterr().err.splitlines()
