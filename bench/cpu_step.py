@@ -49,7 +49,7 @@ def build(cfg, precision: str, channels_last: bool, compiled: bool):
     from fastmix.model.convmixer import create_model
     from fastmix.train import speed
     from fastmix.train.optim import build_optimizer
-    from fastmix.train.trainer import LOADER_DTYPE
+    from fastmix.train.speed import LOADER_DTYPE
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(cfg.model, num_classes=100, **cfg.model_overrides).to(memory_format=fmt).train()
     optimizer = build_optimizer(model, cfg, 1e-3, fused=True)

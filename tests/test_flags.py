@@ -14,7 +14,7 @@ import pytest
 
 from fastmix.perf import plan
 from fastmix.train.recipe import TrainConfig
-from fastmix.train.trainer import image_size_at
+from fastmix.train.recipe import image_size_at
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

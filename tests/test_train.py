@@ -17,7 +17,8 @@ from conftest import kill_when_exists
 from fastmix.train.optim import OneCycleLR, peak_lr
 from fastmix.train.recipe import RECIPES, TrainConfig, load_recipe
 from fastmix.train.runlog import TIMING_FIELDS
-from fastmix.train.trainer import NonFiniteLoss, Trainer, image_size_at
+from fastmix.train.recipe import image_size_at
+from fastmix.train.trainer import NonFiniteLoss, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="convmixer_256_8", model_overrides={"dim": 16, "depth": 2, "kernel": 3, "patch": 4},

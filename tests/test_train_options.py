@@ -14,7 +14,8 @@ import yaml
 
 from fastmix.train.optim import build_schedule
 from fastmix.train.recipe import TrainConfig
-from fastmix.train.trainer import Trainer, image_size_at
+from fastmix.train.recipe import image_size_at
+from fastmix.train.trainer import Trainer
 from test_train import rows, tiny
 
 PEAK = 0.01

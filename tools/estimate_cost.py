@@ -84,7 +84,7 @@ def schedule_of(args) -> list[int]:
         return old_progressive(args)
     from fastmix.train.checks import ConfigError
     from fastmix.train.recipe import parse_sets
-    from fastmix.train.trainer import image_size_at
+    from fastmix.train.recipe import image_size_at
     try:
         value = parse_sets([f"progressive={args.progressive}"])["progressive"]
         if not isinstance(value, dict):

@@ -62,6 +62,11 @@ def cpu_isa(flags: frozenset[str]) -> str:
     return ", ".join(parts)
 
 
+def cpu_summary() -> str:
+    """"AMD EPYC (AVX2 FMA, no AMX), 2 cores": the host a CPU run's speed depends on."""
+    return f"{cpu_name()} ({cpu_isa(cpu_flags())}), {os.cpu_count()} cores"
+
+
 def describe(device) -> dict:
     """Device (name, capability, memory), CUDA/cuDNN/driver, package versions, CPU, NVML status."""
     import torch

@@ -73,7 +73,7 @@ def plan_gpu(model: str, gpu: Device, epochs: int, sizes: list[int], batch: int 
              loader_rates: dict | None = None, ema: bool = False, compile: bool = False, loader: str = "dali",
              num_classes: int = 100, schedule: list[int] | None = None) -> dict:
     """`sizes` in equal blocks of epochs, or `schedule`: the size of every epoch (the trainer's
-    progressive resizing, fastmix.train.trainer.image_size_at), its sizes then those it visits."""
+    progressive resizing, fastmix.train.recipe.image_size_at), its sizes then those it visits."""
     if schedule is not None:
         if len(schedule) != epochs:
             raise ValueError(f"a schedule of {len(schedule)} epoch sizes for {epochs} epochs")

@@ -27,7 +27,7 @@ from fastmix.model.flops import convmixer_ops, totals, training_memory_bytes
 from fastmix.train import speed
 from fastmix.train.optim import build_optimizer
 from fastmix.train.recipe import TrainConfig
-from fastmix.train.trainer import LOADER_DTYPE
+from fastmix.train.speed import LOADER_DTYPE
 
 from .cost import CLASSES, DEFAULT_EFFICIENCY, Efficiency, num_ops, predict_step
 

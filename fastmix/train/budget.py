@@ -17,6 +17,7 @@ import torch
 from fastmix.devices.allocator import keep_batch_buffers
 
 from . import loadercost, speed
+from .recipe import image_size_at
 
 LOADER_MARGIN = 0.10     # a real loader's cost over a batch in memory (tiny64: -3 to 14 % per epoch, 6 % on average)
 LOADER_COST_UPDATES = 6  # the trainer's per-epoch loader-free timing (warm-up + 5 updates)
@@ -32,10 +33,9 @@ def epochs_within(budget_s: float, most: int, epoch_s: Callable[[int, int], floa
 def plan(trainer, budget_s: float) -> dict:
     """Time the trainer's update at every size its schedule may visit and its evaluation; return
     {"epochs", "update_s" per size, "eval_s", "budget_s"}. The weights are left as they were."""
-    from .trainer import LOADER_DTYPE, image_size_at
     cfg, device = trainer.cfg, trainer.device
     fmt = torch.channels_last if trainer.channels_last else torch.contiguous_format
-    dtype = getattr(torch, LOADER_DTYPE[trainer.precision])
+    dtype = getattr(torch, speed.LOADER_DTYPE[trainer.precision])
 
     def batch(n: int, size: int):
         x = torch.randn(n, 3, size, size, device=device).to(dtype).contiguous(memory_format=fmt)

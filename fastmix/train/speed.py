@@ -29,6 +29,8 @@ from torch import nn
 # the timing helpers live with the device ceilings they were written for; the speed tricks time with them too
 from fastmix.devices.ceilings import median_seconds, sync  # noqa: F401
 
+LOADER_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what loaders hand over
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_PROBE_BATCH = 32  # channels_last's probe batch on a CPU
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

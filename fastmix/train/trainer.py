@@ -33,6 +33,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from fastmix.devices.environment import cpu_summary
 from fastmix.model.convmixer import create_model
 from loaders import make_loader
 
@@ -41,27 +42,12 @@ from .augment import BatchAugment
 from .evaluate import evaluate
 from .mfu import MFU
 from .optim import build_optimizer, build_schedule, peak_lr
-from .recipe import TrainConfig
+from .recipe import TrainConfig, image_size_at
 from .runlog import RunLog
 from .stepstats import UpdateStats
 
-LOADER_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def image_size_at(cfg: TrainConfig, epoch: int) -> int:
-    """Progressive resizing: `start` -> image_size by `until` x epochs, in steps of 32 px (FFCV's
-    ImageNet schedule), or of 8 px below 128 px, where 32 px steps would leave two sizes."""
-    if not cfg.progressive:
-        return cfg.image_size
-    start, until = int(cfg.progressive["start"]), float(cfg.progressive.get("until", 0.75))
-    end_epoch = max(1, round(until * cfg.epochs) - 1)
-    size = np.interp(epoch, [0, end_epoch], [start, cfg.image_size])
-    step = 32 if cfg.image_size >= 128 else 8
-    return int(min(cfg.image_size, max(32, size // step * step)))
 
 
 class Trainer:
@@ -151,7 +137,7 @@ class Trainer:
     def _loader(self, split: str, size: int, **extra):
         cfg = self.cfg
         return make_loader(cfg.backend, cfg.data, split, batch_size=self.micro_batch * (1 if split == "train" else 2),
-                           image_size=size, device=str(self.device), dtype=LOADER_DTYPE[self.precision],
+                           image_size=size, device=str(self.device), dtype=speed.LOADER_DTYPE[self.precision],
                            rank=self.dist.rank, world_size=self.dist.world_size, workers=cfg.workers,
                            seed=cfg.seed, imagefolder=cfg.imagefolder, num_classes=self.num_classes,
                            **{"crop_ratio": cfg.crop_ratio, **cfg.loader_options, **extra})
@@ -172,8 +158,8 @@ class Trainer:
         loader = next(iter(self._train_loaders.values()), None) or self.train_loader(image_size_at(self.cfg, 0))
         wanted = {"rand-augment": bool(self.cfg.rand_augment)}
         missing = [k for k, on in wanted.items() if on and k not in loader.augmentations]
-        return {"config": self.cfg.to_dict(), "device": str(self.device), "precision": self.precision,
-                "channels_last": self.channels_last, "channels_last_timings_s": self.format_timings,
+        return {"config": self.cfg.to_dict(), "device": str(self.device), "host_cpu": cpu_summary(),
+                "precision": self.precision, "channels_last": self.channels_last, "channels_last_timings_s": self.format_timings,
                 "cudnn_benchmark": self.cudnn_benchmark, "mfu_peak": self.mfu.source, "world_size": self.dist.world_size,
                 "micro_batch": self.micro_batch, "accum_steps": self.accum_steps,
                 "micro_batch_retries": self.micro_batch_retries, "peak_lr": self.lr,
