@@ -100,9 +100,19 @@ def run_backend(a: argparse.Namespace, backend: str, out: Path) -> dict:
             "stopped_at_budget": len(periods) < a.periods}
 
 
+# Set by the benchmark for every backend; a --set of one is refused rather than overwritten. The
+# recipe's time budget is switched off: it would fit its own epochs, not --periods x --period-updates.
+OWN_KEYS = {"data": "--data", "backend": "--backends", "out": "--out", "epochs": "--periods",
+            "max_steps_per_epoch": "--period-updates", "time_budget_min": "--budget-s"}
+
+
 def overrides(a: argparse.Namespace, backend: str, out: Path) -> dict:
+    from fastmix.train.checks import ConfigError
+    taken = [k for k in parse_sets_of(a) if k in OWN_KEYS]
+    if taken:
+        raise ConfigError("; ".join(f"--set {k}: bench.tta sets it (use {OWN_KEYS[k]})" for k in taken))
     sets = {**parse_sets_of(a), "data": a.data, "backend": backend, "out": str(out / "runs" / backend),
-            "epochs": a.periods, "max_steps_per_epoch": a.period_updates}
+            "epochs": a.periods, "max_steps_per_epoch": a.period_updates, "time_budget_min": None}
     return {**sets, "device": a.device} if a.device else sets
 
 

@@ -23,6 +23,7 @@ def test_curves_table_skip_and_resume(converted, tmp_path, capsys):
     data, _ = converted
     out = tmp_path / "tta"
     assert tta.main(args(data, out, "pil-wds,nvjpeg")) == 0
+    assert "time budget" not in capsys.readouterr().out  # the recipe's (tiny64) would refit the periods
     result = json.loads((out / "tta.json").read_text())
     run = result["backends"]["pil-wds"]
     assert run["status"] == "done" and [p["epoch"] for p in run["periods"]] == [1.0, 2.0]
@@ -62,3 +63,14 @@ def test_non_positive_counts_refused(flag, capsys):
     with pytest.raises(SystemExit) as e:
         tta.parse_args(["--data", "x", flag, "0"])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, flag", [("epochs=3", "--periods"), ("time_budget_min=5", "--budget-s"),
+                                       ("backend=pil", "--backends")])
+def test_a_set_of_what_the_benchmark_sets_is_refused(key, flag, tmp_path, capsys):
+    """--set epochs=3 was overwritten by --periods without a word; now it is refused, naming the flag."""
+    assert tta.main(["--data", str(tmp_path), "--out", str(tmp_path / "tta"), "--device", "cpu",
+                     "--set", key]) == 2
+    err = capsys.readouterr().err
+    assert f"--set {key.split('=')[0]}: bench.tta sets it (use {flag})" in err
+    assert not (tmp_path / "tta").exists()
