@@ -142,25 +142,38 @@ def calibration(d: dict) -> str:
         "; ".join(others) + ".\n\n" + text.CALIBRATION_AFTER
 
 
-def tiny64(d: dict) -> str:
-    """The tiny64 acceptance run: tools/train.py's summary.json, copied with its curves.png."""
-    rows, cfg = d["epochs"], d["config"]
-    best = max(rows, key=lambda r: float(r["top1"]))
-    lines = [text.TINY64_BEFORE.format(model=cfg["model"], overrides=cfg["model_overrides"], precision=d["precision"],
-                                       epochs=cfg["epochs"], best=float(best["top1"]), epoch=best["epoch"],
-                                       wall=float(rows[-1]["wall_s"]) / 60, peak=d["mfu_peak"],
-                                       total=(f"{d['command_wall_s'] / 60:.1f} minutes for the whole command, "
-                                              "start-up included" if d.get("command_wall_s") else
-                                              "the command's own start-up not measured")), "",
-             "| epoch | val top-1 | top-5 | train loss | images/s | MFU | data wait | loader cost | minutes |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        def pct(key, digits=0):
-            return f"{100 * float(r[key]):.{digits}f} %" if r.get(key) not in ("", None) else "n/a"
-        lines.append(f"| {r['epoch']} | {float(r['top1']):.1f} % | {float(r['top5']):.1f} % | "
-                     f"{float(r['train_loss']):.3f} | {float(r['images_per_s']):.0f} | {pct('mfu')} | "
-                     f"{pct('data_wait_share', 1)} | {pct('loader_slowdown')} | {float(r['wall_s']) / 60:.1f} |")
-    return "\n".join(lines) + "\n\n![tiny64 curves](../bench/results/tiny64-cpu2/curves.png)\n\n" + evaluated(d)
+def tiny64(folder: str) -> Callable[[dict], str]:
+    """A tiny64 acceptance run: tools/train.py's summary.json, copied with its curves.png into `folder`."""
+    def render(d: dict) -> str:
+        rows, cfg = d["epochs"], d["config"]
+        best = max(rows, key=lambda r: float(r["top1"]))
+        sizes = " → ".join(dict.fromkeys(f"{r['image_size']} px" for r in rows))
+        lines = [text.TINY64_BEFORE.format(
+            model=cfg["model"], overrides=", ".join(f"{k} {v}" for k, v in (cfg["model_overrides"] or {}).items()), precision=d["precision"], sizes=sizes,
+            host=d.get("host_cpu", "a host not recorded"), epochs=cfg["epochs"], best=float(best["top1"]),
+            epoch=best["epoch"], wall=float(rows[-1]["wall_s"]) / 60, peak=d["mfu_peak"], budget=budget(d),
+            total=(f"{d['command_wall_s'] / 60:.1f} minutes for the whole command, start-up included"
+                   if d.get("command_wall_s") else "the command's own start-up not measured")), "",
+            "| epoch | size | val top-1 | top-5 | train loss | images/s | MFU | data wait | loader cost | minutes |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            def pct(key, digits=0):
+                return f"{100 * float(r[key]):.{digits}f} %" if r.get(key) not in ("", None) else "n/a"
+            lines.append(f"| {r['epoch']} | {r['image_size']} | {float(r['top1']):.1f} % | {float(r['top5']):.1f} % | "
+                         f"{float(r['train_loss']):.3f} | {float(r['images_per_s']):.0f} | {pct('mfu')} | "
+                         f"{pct('data_wait_share', 1)} | {pct('loader_slowdown')} | {float(r['wall_s']) / 60:.1f} |")
+        return "\n".join(lines) + f"\n\n![tiny64 curves](../bench/results/{folder}/curves.png)\n\n" + evaluated(d)
+    return render
+
+
+def budget(d: dict) -> str:
+    """What the run's time budget chose (budget.py), as the trainer printed it."""
+    b = d.get("time_budget")
+    if not b:
+        return "No time budget: a fixed number of epochs"
+    sizes = ", ".join(f"{v:.2f} s at {k} px" for k, v in b["update_s"].items())
+    return (f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs (an update timed at "
+            f"{sizes}, an evaluation at {b['eval_s']:.0f} s)")
 
 
 def evaluated(d: dict) -> str:
@@ -172,14 +185,20 @@ def evaluated(d: dict) -> str:
                                     precision=e["precision"], size=e["image_size"], best=d["best_top1"])
 
 
-def cpu_step(d: dict) -> str:
-    from bench.cpu_step import table
-    return text.CPU_STEP_BEFORE + "\n\n" + table(d) + "\n![variants and ops](../bench/results/cpu-step-tiny64.png)"
+def cpu_step(name: str) -> Callable[[dict], str]:
+    """bench.cpu_step's NAME.json, with its NAME.png."""
+    def render(d: dict) -> str:
+        from bench.cpu_step import table
+        return (text.CPU_STEP_BEFORE.format(
+            host=d["host"], model=d["model"], batch=d["batch"], size=d["image_size"],
+            overrides=", ".join(f"{k} {v}" for k, v in {"act": "gelu", **d["model_overrides"]}.items())) + "\n\n"
+                + table(d) + f"\n![variants and ops](../bench/results/{name}.png)")
+    return render
 
 
 def time_to_accuracy(d: dict) -> str:
     from bench.tta import table
-    return text.TTA_BEFORE + "\n\n" + table(d) + "\n![top-1 against minutes](../bench/results/tta/tta.png)\n\n" + \
+    return text.TTA_BEFORE.format(date=d["date"], host=d["host"], recipe=d["settings"]["recipe"]) + "\n\n" + table(d) + "\n![top-1 against minutes](../bench/results/tta/tta.png)\n\n" + \
         text.TTA_AFTER
 
 
@@ -191,8 +210,14 @@ SECTIONS = [
     Section("Storage choices: write mode and max side", "storage-cpu2.json", storage),
     Section("Cores to feed each GPU", "feed-cpu2.json", feed),
     Section("Cost model calibration on this CPU", "calibration-cpu2/calibration.json", calibration),
-    Section("The CPU training step: options and ops", "cpu-step-tiny64.json", cpu_step, missing=text.CPU_STEP_MISSING),
-    Section("Tiny ImageNet in 30 minutes on 2 cores", "tiny64-cpu2/summary.json", tiny64, missing=text.TINY64_MISSING),
+    Section("The CPU training step: options and ops", "cpu-step-tiny64.json", cpu_step("cpu-step-tiny64"),
+            missing=text.CPU_STEP_MISSING),
+    Section("The CPU training step on 2 AVX2 cores (fp32)", "cpu-step-tiny64-avx2.json",
+            cpu_step("cpu-step-tiny64-avx2"), missing=text.CPU_STEP_MISSING),
+    Section("Tiny ImageNet in 30 minutes on 2 AVX2 cores (fp32)", "tiny64-cpu2-avx2/summary.json",
+            tiny64("tiny64-cpu2-avx2"), missing=text.TINY64_AVX2_MISSING),
+    Section("Tiny ImageNet in 30 minutes on 2 cores with native bf16 (earlier recipe)", "tiny64-cpu2/summary.json",
+            tiny64("tiny64-cpu2"), missing=text.TINY64_MISSING),
     Section("Time to accuracy", "tta/tta.json", time_to_accuracy, missing=text.TTA_MISSING),
 ]
 
@@ -215,7 +240,11 @@ def render(results: Path = RESULTS, sections: list[Section] = SECTIONS) -> str:
             data = json.loads(path.read_text())
         except ValueError as e:
             raise SystemExit(f"bench.report: {path}: not JSON ({e})") from e
-        parts.append(f"## {s.title}\n\n{s.render(data).strip()}\n\nSource: `bench/results/{s.source}`.")
+        try:
+            body = s.render(data).strip()
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # a result file of another shape
+            raise SystemExit(f"bench.report: {path}: not what section {s.title!r} reads ({type(e).__name__}: {e})") from e
+        parts.append(f"## {s.title}\n\n{body}\n\nSource: `bench/results/{s.source}`.")
     return "\n\n".join(parts) + "\n"
 
 

@@ -136,23 +136,29 @@ measured yet: the page gets its table when `bench/results/tta/tta.json` exists."
 TINY64_MISSING = """The `tiny64` recipe's 30-minute run on a 2-core CPU. Not measured yet: the page gets its table
 when `bench/results/tiny64-cpu2/summary.json` exists."""
 
+TINY64_AVX2_MISSING = """The `tiny64` recipe's 30-minute run on a 2-core CPU without native bf16. Not measured yet: the page
+gets its table when `bench/results/tiny64-cpu2-avx2/summary.json` exists."""
+
 TINY64_BEFORE = """Tiny ImageNet at its stored 64 px, 100 classes (50,000 train / 5,000 val), trained from the
-converted folder on a 2-core CPU by
+converted folder on {host} by
 
     tools/train.py --recipe tiny64 --data data/tinyimagenet
 
-`{model}` with {overrides}, {precision}, {epochs} epochs (the recipe's reasons are in
-`fastmix/train/recipes/tiny64.yaml`): best val top-1 **{best:.1f} %** (epoch {epoch}) after
-{wall:.1f} minutes of training and evaluation; {total}. MFU is against the peak the run measured at its start ({peak}). "Loader cost" is the share of the rate the same update reaches
-with no loader running, timed after every epoch in the same process (`fastmix/train/loadercost.py`);
-"data wait" is the time the loop blocked on the loader."""
+`{model}` ({overrides}), {precision}, {epochs} epochs at {sizes}. {budget}. The recipe's reasons are in
+`fastmix/train/recipes/tiny64.yaml` (the recipe may have changed since this run: the run's `config`
+is in its source file). Best val top-1 **{best:.1f} %** (epoch {epoch}) after {wall:.1f} minutes of training and
+evaluation; {total}. MFU is against the peak the run measured at its start ({peak}). "Loader cost" is
+the share of the rate the same update reaches with no loader running, timed after every epoch in the
+same process (`fastmix/train/loadercost.py`); "data wait" is the time the loop blocked on the loader."""
 
 TINY64_AFTER = """`tools/evaluate.py --checkpoint <run>/best.pt --data data/tinyimagenet` on the run's best
 checkpoint: {top1:.2f} % top-1, {top5:.2f} % top-5 on the {images} val images ({backend}, {precision},
 {size} px), against the run's own best of {best:.2f} %."""
 
 TTA_BEFORE = """The same recipe and seed once per loader backend, top-1 against wall-clock (start-up included),
-evaluated on the whole val split at fixed numbers of updates:
+evaluated on the whole val split at fixed numbers of updates. Measured {date} on {host} (the VM with
+native bf16) with the `{recipe}` recipe of that day: GELU, batch 128, 56 px throughout (bench.tta
+switches the recipe's time budget off: its periods are fixed):
 
     python -m bench.tta --data data/tinyimagenet"""
 
@@ -163,10 +169,11 @@ CPU_STEP_MISSING = """The tiny64 recipe's training step on this CPU, option by o
 the page gets its table when `bench/results/cpu-step-tiny64.json` exists."""
 
 CPU_STEP_BEFORE = """The tiny64 recipe's update (fused AdamW, autocast, one batch held in memory) per variant, timed
-round-robin in one process, and the recipe variant's step split by op with torch.profiler:
+round-robin in one process, and the recipe variant's step split by op with torch.profiler, on {host}:
+`{model}` ({overrides}), batch {batch} at {size} px (the recipe of the day it ran):
 
     python -m bench.cpu_step --compile
 
-Compare images/s across rows. MFU is against the host matmul this process measured first; on this
-VM the same 1024² bf16 matmul reads 0.20 to 0.40 TFLOP/s from one process to the next, so a MFU
-here is only as good as that reading (the tiny64 run's 30 % is against 0.39, near the best seen)."""
+Compare images/s across rows. MFU is against the host matmul this process measured first; on these
+VMs the same 1024² bf16 matmul read 0.20 to 0.40 TFLOP/s from one process to the next, so an MFU
+here is only as good as that reading."""
