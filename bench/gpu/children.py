@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .runner import STOPPED_AT_DEADLINE, Stop
+from .runner import STOPPED_AT_DEADLINE, Stop, disarm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +58,7 @@ def run_child(ctx, name: str, cmd: list[str], timeout: float | None = None) -> t
                 raise Stop(STOPPED_AT_DEADLINE) from None
             code = -9
         except BaseException:  # the phase is stopped (deadline, SIGTERM): the child goes with it
+            disarm()  # else a retry every 0.5 s cuts kill_group's 3 s grace before the SIGKILL
             kill_group(proc)
             raise
     return code, tail(log)

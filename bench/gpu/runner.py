@@ -66,7 +66,7 @@ def stop_signals():
     and disarms the timer. The signal's number is kept in the list this yields."""
     received: list[int] = []
 
-    def again(why: str, signum: int | None):
+    def again(why: str, signum: int | None):  # whoever catches the Stop calls disarm()
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         raise Stop(why, signum)
 
@@ -86,6 +86,14 @@ def stop_signals():
         signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def disarm() -> None:
+    """A Stop was caught: no retry may fire into what the catcher does next (killing a child, saving)."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+STOPS = {signal.SIGALRM, signal.SIGTERM, signal.SIGINT}
 
 
 class Suite:
@@ -114,15 +122,20 @@ class Suite:
                 try:
                     self._run_phase(phase, end)
                 except Stop as s:  # a signal between phases (while saving): the run still ends well
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    disarm()
                     self.signum = s.signum if s.signum else self.signum
                 self.signum = self.signum or (received[0] if received else None)  # also a Stop that was dropped
                 if self.signum:
                     break
+            disarm()
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # the last save is not cut short
+        try:
             self.record["suite"]["total_s"] = round(time.perf_counter() - start, 2)
             if self.signum:
                 self.record["suite"]["stopped_by"] = signal.Signals(self.signum).name
             self._save_all()
+        finally:  # a signal that came meanwhile now meets the handlers from before the suite
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return self.record
 
     def _run_phase(self, phase: Phase, end: float) -> None:
