@@ -49,3 +49,5 @@ def test_the_budget_picks_the_epochs_through_the_cli(flat_converted, tmp_path, c
     assert run(data, tmp_path / "small", "--epochs", "6", "--set", "time_budget_min=0.001", "--resume") == 0
     assert "time budget" not in capsys.readouterr().out
     assert torch.load(tmp_path / "small" / "last.pt", weights_only=True)["config"]["epochs"] == 1
+    again = yaml.safe_load((tmp_path / "small" / "config.yaml").read_text())  # rewritten by the resume
+    assert again["time_budget"] == small["time_budget"]

@@ -10,6 +10,7 @@ progressive sizes) laid over those epochs. The choice is saved with the run; a r
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import torch
@@ -19,7 +20,10 @@ from fastmix.devices.allocator import keep_batch_buffers
 from . import loadercost, speed
 from .recipe import image_size_at
 
-LOADER_MARGIN = 0.10     # a real loader's cost over a batch in memory (tiny64: -3 to 14 % per epoch, 6 % on average)
+# A real loader's cost over a batch in memory, and this timing's error: tiny64's epochs ran 4 %
+# (batch 128) and 18 % (batch 64) longer than the updates timed here; the budget's slack (27.5 of
+# 30 minutes) takes the rest.
+LOADER_MARGIN = 0.10
 LOADER_COST_UPDATES = 6  # the trainer's per-epoch loader-free timing (warm-up + 5 updates)
 
 
@@ -32,7 +36,9 @@ def epochs_within(budget_s: float, most: int, epoch_s: Callable[[int, int], floa
 
 def plan(trainer, budget_s: float) -> dict:
     """Time the trainer's update at every size its schedule may visit and its evaluation; return
-    {"epochs", "update_s" per size, "eval_s", "budget_s"}. The weights are left as they were."""
+    {"epochs", "update_s" per size, "eval_s", "budget_s"}; the timing's own seconds come off the
+    budget. The weights are left as they were."""
+    started = time.monotonic()
     cfg, device = trainer.cfg, trainer.device
     fmt = torch.channels_last if trainer.channels_last else torch.contiguous_format
     dtype = getattr(torch, speed.LOADER_DTYPE[trainer.precision])
@@ -52,14 +58,15 @@ def plan(trainer, budget_s: float) -> dict:
         keep_batch_buffers()  # else every large temporary is mmap'd and zeroed: 1.7-1.9 s against 1.0-1.2
     update_s = {s: (update(s), update(s))[1] for s in sizes}  # twice, the second kept: the first is cold
     if any(v is None for v in update_s.values()):
-        raise RuntimeError("time_budget_min: no device memory left to time an update")
+        raise ValueError("time_budget_min: no device memory left to time an update")
     val_size = cfg.val_image_size or cfg.image_size
     x, _ = batch(trainer.micro_batch * 2, val_size)
-    trainer.net.eval()
+    trainer.model.eval()  # what Trainer.evaluate runs: uncompiled, unwrapped
     with torch.no_grad():
         forward_s = speed.median_seconds(lambda: _forward(trainer, x), device, 3, warmup=2)
-    trainer.net.train()
-    eval_s = len(trainer.val_loader) * forward_s
+    trainer.model.train()
+    eval_s = len(trainer.val_loader) * forward_s * (2 if trainer.ema is not None else 1)  # EMA's weights too
+    budget_s -= time.monotonic() - started
 
     def epoch_s(k: int, e: int) -> float:
         s = update_s[image_size_at(dataclasses.replace(cfg, epochs=e), k)]
@@ -70,7 +77,7 @@ def plan(trainer, budget_s: float) -> dict:
 
 def _forward(trainer, x):
     with speed.autocast(trainer.precision, trainer.device):
-        trainer.net(x)
+        trainer.model(x)
 
 
 def choose(trainer, elapsed_s: float) -> dict:

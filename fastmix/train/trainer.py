@@ -105,7 +105,10 @@ class Trainer:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.threads = speed.compute_threads(cfg.threads)  # after the loaders: importing ffcv set 1
         # before the schedule, which spans the epochs; a resume kept the first start's choice
-        self.budget = budget.choose(self, time.monotonic() - started) if cfg.time_budget_min and saved is None else None
+        if saved is not None:  # the first start's choice, kept with the run
+            self.budget = saved.get("time_budget")
+        else:
+            self.budget = budget.choose(self, time.monotonic() - started) if cfg.time_budget_min else None
         if self.budget:
             self.cfg = cfg = dataclasses.replace(cfg, epochs=self.budget["epochs"])
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
@@ -387,7 +390,8 @@ class Trainer:
                      "scaler": self.scaler.state_dict(),
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "epoch": epoch, "updates": self.updates, "best_top1": self.best_top1,
-                     "update_times": self.update_times, "rng": rng, "config": self.cfg.to_dict()}
+                     "update_times": self.update_times, "rng": rng, "config": self.cfg.to_dict(),
+                     "time_budget": self.budget}
             checkpoint.save(self.out / "last.pt", state)
             if best:
                 shutil.copyfile(self.out / "last.pt", self.out / "best.tmp")
