@@ -144,7 +144,7 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(flat_converted, tmp_path):
 # a pil worker hands a batch over as a file descriptor from its resource-sharing thread; here the
 # parent connects for it and hangs up at once, as a parent interrupted mid-fetch does
 HANG_UP = """
-import os, socket, sys, time
+import os, socket, sys
 from multiprocessing import resource_sharer
 if sys.argv[1] == "worker":
     from loaders.pil import _worker_init
@@ -154,7 +154,7 @@ resource_sharer.DupFd(r)
 s = socket.socket(socket.AF_UNIX)
 s.connect(resource_sharer._resource_sharer._address)
 s.close()
-time.sleep(0.5)
+resource_sharer._resource_sharer.stop(timeout=30)  # serves that connection first, then joins: no race
 """
 
 
