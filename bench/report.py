@@ -149,7 +149,7 @@ def tiny64(folder: str) -> Callable[[dict], str]:
         best = max(rows, key=lambda r: float(r["top1"]))
         sizes = " → ".join(dict.fromkeys(f"{r['image_size']} px" for r in rows))
         lines = [text.TINY64_BEFORE.format(
-            model=cfg["model"], overrides=", ".join(f"{k} {v}" for k, v in (cfg["model_overrides"] or {}).items()), precision=d["precision"], sizes=sizes,
+            model=cfg["model"], overrides=_overrides(cfg["model_overrides"]), precision=d["precision"], sizes=sizes,
             host=d.get("host_cpu", "a host not recorded"), epochs=cfg["epochs"], best=float(best["top1"]),
             epoch=best["epoch"], wall=float(rows[-1]["wall_s"]) / 60, peak=d["mfu_peak"], budget=budget(d),
             total=(f"{d['command_wall_s'] / 60:.1f} minutes for the whole command, start-up included"
@@ -185,20 +185,28 @@ def evaluated(d: dict) -> str:
                                     precision=e["precision"], size=e["image_size"], best=d["best_top1"])
 
 
+def _overrides(o: dict | None) -> str:
+    """"act gelu, dim 256, ...": a tiny64 variant's overrides (convmixer_256_8's act is GELU)."""
+    return ", ".join(f"{k} {v}" for k, v in {"act": "gelu", **(o or {})}.items())
+
+
 def cpu_step(name: str) -> Callable[[dict], str]:
     """bench.cpu_step's NAME.json, with its NAME.png."""
     def render(d: dict) -> str:
         from bench.cpu_step import table
         return (text.CPU_STEP_BEFORE.format(
             host=d["host"], model=d["model"], batch=d["batch"], size=d["image_size"],
-            overrides=", ".join(f"{k} {v}" for k, v in {"act": "gelu", **d["model_overrides"]}.items())) + "\n\n"
+            overrides=_overrides(d["model_overrides"])) + "\n\n"
                 + table(d) + f"\n![variants and ops](../bench/results/{name}.png)")
     return render
 
 
 def time_to_accuracy(d: dict) -> str:
     from bench.tta import table
-    return text.TTA_BEFORE.format(date=d["date"], host=d["host"], recipe=d["settings"]["recipe"]) + "\n\n" + table(d) + "\n![top-1 against minutes](../bench/results/tta/tta.png)\n\n" + \
+    run = next(r for r in d["backends"].values() if r["status"] == "done")
+    model = _overrides(run["model_overrides"])
+    return text.TTA_BEFORE.format(date=d["date"], host=d["host"], recipe=d["settings"]["recipe"], model=model,
+                                  batch=run["batch_size"]) + "\n\n" + table(d) + "\n![top-1 against minutes](../bench/results/tta/tta.png)\n\n" + \
         text.TTA_AFTER
 
 

@@ -156,9 +156,9 @@ checkpoint: {top1:.2f} % top-1, {top5:.2f} % top-5 on the {images} val images ({
 {size} px), against the run's own best of {best:.2f} %."""
 
 TTA_BEFORE = """The same recipe and seed once per loader backend, top-1 against wall-clock (start-up included),
-evaluated on the whole val split at fixed numbers of updates. Measured {date} on {host} (the VM with
-native bf16) with the `{recipe}` recipe of that day: GELU, batch 128, 56 px throughout (bench.tta
-switches the recipe's time budget off: its periods are fixed):
+evaluated on the whole val split at fixed numbers of updates. Measured {date} on {host} with the
+`{recipe}` recipe of that day ({model}, batch {batch}; bench.tta switches a recipe's time budget off:
+its periods are fixed):
 
     python -m bench.tta --data data/tinyimagenet"""
 
