@@ -59,8 +59,9 @@ class Trainer:
         self.out = Path(cfg.out)
         runfolder.check(self.out, resume, overwrite)  # before any work
         saved = runfolder.read_resume(self.out / "last.pt", cfg.to_dict(), allow_changes) if resume else None
-        if saved is not None and cfg.time_budget_min and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict()):
-            self.cfg = cfg = dataclasses.replace(cfg, epochs=saved["config"]["epochs"])  # keep the first start's choice
+        kept = saved is not None and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict())
+        if kept:  # the first start's choice of epochs
+            self.cfg = cfg = dataclasses.replace(cfg, epochs=saved["config"]["epochs"])
         self.dist, self.device = distributed.init(speed.resolve_device(cfg.device))
         self.precision = speed.resolve_precision(cfg.precision, self.device)
         checkpoint.seed_everything(cfg.seed + self.dist.rank)  # mixup/erasing differ per rank
@@ -104,12 +105,10 @@ class Trainer:
         if self.updates_per_epoch < 1:
             raise ValueError(f"{cfg.data}: too few training images for one update of {cfg.batch_size}")
         self.threads = speed.compute_threads(cfg.threads)  # after the loaders: importing ffcv set 1
-        # before the schedule, which spans the epochs; a resume kept the first start's choice
-        if saved is not None:  # the first start's choice, kept with the run
-            self.budget = saved.get("time_budget")
-        else:
-            self.budget = budget.choose(self, time.monotonic() - started) if cfg.time_budget_min else None
-        if self.budget:
+        # before the schedule, which spans the epochs; a resume kept the first start's choice and its record
+        self.budget = saved.get("time_budget") if kept else None
+        if saved is None and cfg.time_budget_min:
+            self.budget = budget.choose(self, time.monotonic() - started)
             self.cfg = cfg = dataclasses.replace(cfg, epochs=self.budget["epochs"])
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
         self._last_batch = None
