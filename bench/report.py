@@ -171,9 +171,9 @@ def budget(d: dict) -> str:
     b = d.get("time_budget")
     if not b:
         return "No time budget: a fixed number of epochs"
-    sizes = ", ".join(f"{v:.2f} s at {k} px" for k, v in b["update_s"].items())
+    from fastmix.train.budget import timed_sizes
     return (f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs (an update timed at "
-            f"{sizes}, an evaluation at {b['eval_s']:.0f} s)")
+            f"{timed_sizes(b['update_s'])}, an evaluation at {b['eval_s']:.0f} s)")
 
 
 def evaluated(d: dict) -> str:

@@ -80,13 +80,18 @@ def _forward(trainer, x):
         trainer.model(x)
 
 
+def timed_sizes(update_s: dict) -> str:
+    """"0.24 s at 40 px, 0.43 s at 56 px": plan()'s update timings, as the console and the report say them."""
+    return ", ".join(f"{float(v):.2f} s at {k} px" for k, v in update_s.items())
+
+
 def choose(trainer, elapsed_s: float) -> dict:
     """plan() for what is left of the budget, agreed by every rank (the fewest epochs), and said."""
     cfg = trainer.cfg
     chosen = plan(trainer, 60 * cfg.time_budget_min - elapsed_s)
     chosen["epochs"] = int(min(trainer.dist.gather(chosen["epochs"])))
     if trainer.dist.is_main:
-        sizes = ", ".join(f"{v:.2f} s at {k} px" for k, v in chosen["update_s"].items())
-        print(f"time budget {cfg.time_budget_min:g} min: {chosen['epochs']} epochs fit (an update takes {sizes}; "
+        print(f"time budget {cfg.time_budget_min:g} min: {chosen['epochs']} epochs fit (an update takes "
+              f"{timed_sizes(chosen['update_s'])}; "
               f"an evaluation {chosen['eval_s']:.0f} s)", flush=True)
     return chosen
