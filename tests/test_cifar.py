@@ -137,3 +137,68 @@ def test_the_cifar10_recipe_trains_on_a_converted_tarball(tmp_path):
     assert summary["augmentations"] == {"random-resized-crop": "cpu", "hflip": "cpu", "rand-augment": "cpu"}
     assert summary["not_applied_by_backend"] == [] and summary["updates"] == 5
     assert summary["epochs"][0]["train_top1"] != "" and summary["epochs"][0]["top1"] != ""
+
+
+GIB = 1 << 30
+PEAK_RSS = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n"
+            "    runpy.run_path(sys.argv[0], run_name='__main__')\nfinally:\n"
+            "    peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
+            "    print('peak_rss_kib', peak, file=sys.stderr)\n")
+
+
+def huge_member_tarball(dest: Path) -> Path:
+    """A 1 MB .tar.gz whose first member, data_batch_1, declares and holds 1 GiB of zeros: gzip
+    members concatenated (one stream to a reader), so writing it compresses 1 MiB once."""
+    import gzip
+    head = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    head.size = GIB
+    zeros = gzip.compress(bytes(1 << 20), compresslevel=9)
+    with open(dest, "wb") as f:
+        f.write(gzip.compress(head.tobuf()))
+        for _ in range(GIB >> 20):
+            f.write(zeros)
+        f.write(gzip.compress(bytes(2 * 512)))  # the tar's end
+    return dest
+
+
+def convert_cli(source: Path, out: Path) -> subprocess.CompletedProcess:
+    """tools/convert_subset.py, reporting its peak RSS (the process and its workers) on stderr."""
+    cmd = [sys.executable, "-c", PEAK_RSS, str(ROOT / "tools/convert_subset.py"), "--source", str(source),
+           "--out", str(out), "--workers", "1"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_a_member_larger_than_the_format_allows_is_refused_before_it_is_read(tmp_path):
+    """Before: the whole archive was read into memory (1.1 GB RSS), then 'batches.meta: missing'."""
+    tarball = huge_member_tarball(tmp_path / "cifar-10-python.tar.gz")
+    assert tarball.stat().st_size < 2 << 20
+    run = convert_cli(tarball, tmp_path / "out")
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert f"{tarball}:cifar-10-batches-py/data_batch_1: declares 1,073,741,824 bytes, more than this CIFAR " \
+           "member can hold" in run.stderr, run.stderr
+    peak_mib = int(lines[-1].split()[-1]) / 1024
+    assert peak_mib < 700, f"{peak_mib:.0f} MiB: the member was read"
+
+    # the extracted folder: a sparse 1 GiB file (no disk used) is refused by its size, unread
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(tmp_path / "small.tar.gz", random_split(10, 10, 0), random_split(10, 10, 1))
+    with tarfile.open(tmp_path / "small.tar.gz") as tf:
+        tf.extractall(tmp_path, filter="data")
+    with open(folder / "data_batch_1", "r+b") as f:
+        f.truncate(GIB)
+    run = convert_cli(folder, tmp_path / "out2")
+    assert f"{folder}/data_batch_1: declares 1,073,741,824 bytes" in run.stderr, run.stderr
+    assert int(run.stderr.strip().splitlines()[-1].split()[-1]) / 1024 < 700
+
+
+def test_members_the_format_does_not_read_are_capped_and_counted(tmp_path):
+    train, test = random_split(50, 10, 0), random_split(20, 10, 1)
+    ok = write_cifar10(tmp_path / "ok.tar.gz", train, test, members={"readme.html": b"<html>CIFAR</html>"})
+    assert convert_cifar(ok, tmp_path / "out")["splits"]["train"]["written"] == 50  # a small extra is fine
+    big = write_cifar10(tmp_path / "big.tar.gz", train, test, members={"readme.html": bytes((1 << 20) + 1)})
+    with pytest.raises(ConvertError, match=r"cifar-10-batches-py/readme.html: declares 1,048,577 bytes"):
+        convert_cifar(big, tmp_path / "out2")
+    many = write_cifar10(tmp_path / "many.tar.gz", train, test, members={f"x{i}": b"" for i in range(60)})
+    with pytest.raises(ConvertError, match=r"many.tar.gz: more than 64 members; not a CIFAR download"):
+        convert_cifar(many, tmp_path / "out3")

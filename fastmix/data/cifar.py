@@ -11,6 +11,12 @@ values of a 32 x 32 image, row-major) and `labels` / `fine_labels`. A class's id
 name (both datasets list them in sorted order, so the converter's sorted-id labels equal
 CIFAR's own); classes.json keeps the names.
 
+Every member is checked by its name and its declared size (tar header, or file size) against
+the format before a byte of it is read: a batch holds at most 10000 images (50000: CIFAR-100's
+train) of 3072 bytes plus labels and names, a meta file or anything else (readme.html) at most
+1 MiB, and what the format does not name is never read. A 1 MB archive declaring a 1 GB member
+is refused at that member's header, not decompressed into memory.
+
 Each image reaches the converter as a lossless PNG, so it is lossy-encoded at most once on
 its way into either format: the shards hold JPEGs at `--quality` / `--subsampling`, and
 `--write-mode raw` keeps the .beton lossless (tools/convert_subset.py picks q100 4:4:4 + raw for
@@ -38,6 +44,27 @@ LAYOUTS = {  # folder in the tarball -> (train batches, val batches, meta file, 
                             "labels", "label_names"),
     "cifar-100-python": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
 }
+
+# Declared-size limits, checked before reading. A batch's pickle is its rows plus per image a
+# label (two for CIFAR-100), a file name (~30 bytes) and framing: 256 bytes each is ample.
+BATCH_ROWS = {"train": 50_000}  # CIFAR-100's one train batch; every other batch holds 10000
+PER_IMAGE = ROW + 256
+SMALL_MEMBER = 1 << 20  # meta files (CIFAR-100's: 1.7 KB) and whatever else ships (readme.html)
+MAX_MEMBERS = 64        # the downloads hold 7 and 9
+
+
+def member_limit(folder: str, name: str) -> int:
+    """The most bytes member `name` of layout `folder` may declare (not-needed members: SMALL_MEMBER)."""
+    train, val = LAYOUTS[folder][:2] if folder in LAYOUTS else ((), ())
+    if name in (*train, *val):
+        return BATCH_ROWS.get(name, 10_000) * PER_IMAGE + SMALL_MEMBER
+    return SMALL_MEMBER
+
+
+def check_size(where: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise SourceError(f"{where}: declares {size:,} bytes, more than this CIFAR member can hold "
+                          f"({limit:,}); not read")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -98,8 +125,7 @@ class CifarSource(Source):
         """(layout folder name, how messages name that folder, member name -> its bytes or file)."""
         if self.root.is_file():
             try:
-                with tarfile.open(self.root, "r:gz") as tf:
-                    files = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+                files = self._read_tarball()
             except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
                 raise SourceError(f"{self.root}: unreadable or truncated tarball ({type(e).__name__}: {e})") \
                     from None
@@ -108,12 +134,30 @@ class CifarSource(Source):
                 raise SourceError(f"{self.root}: expected one of {sorted(LAYOUTS)} inside, found {sorted(tops)[:5]}")
             (folder,) = tops & set(LAYOUTS)
             return folder, f"{self.root}:{folder}", {n[len(folder) + 1:]: d for n, d in files.items()
-                                                     if n.startswith(folder + "/")}
+                                                     if n.startswith(folder + "/") and d is not None}
         folder = self.root if self.root.name in LAYOUTS else next(
             (self.root / d for d in LAYOUTS if (self.root / d).is_dir()), None)
         if folder is None:
             raise SourceError(f"{self.root}: not a CIFAR download (expected {' or '.join(LAYOUTS)} in it)")
         return folder.name, str(folder), {p.name: p for p in folder.iterdir() if p.is_file()}
+
+    def _read_tarball(self) -> dict[str, bytes | None]:
+        """Member name -> its bytes (None: a member the format does not read). Headers are taken
+        one at a time (a gzip stream has no index), each checked before its data is touched."""
+        files: dict[str, bytes | None] = {}
+        with tarfile.open(self.root, "r:gz") as tf:
+            for count, m in enumerate(tf, start=1):
+                if count > MAX_MEMBERS:
+                    raise SourceError(f"{self.root}: more than {MAX_MEMBERS} members; not a CIFAR download")
+                if not m.isfile():
+                    continue
+                folder, _, name = m.name.partition("/")
+                check_size(f"{self.root}:{m.name}", m.size, member_limit(folder, name))
+                if m.name in files:
+                    raise SourceError(f"{self.root}:{m.name}: appears twice in the tarball")
+                wanted = folder in LAYOUTS and name in (*LAYOUTS[folder][0], *LAYOUTS[folder][1], LAYOUTS[folder][2])
+                files[m.name] = tf.extractfile(m).read() if wanted else None
+        return files
 
     def _where(self, member: str) -> str:
         return f"{self._download[1]}/{member}"
@@ -123,7 +167,10 @@ class CifarSource(Source):
         if member not in files:
             raise SourceError(f"{self._where(member)}: missing from the CIFAR download")
         data = files[member]
-        return _unpickle(data if isinstance(data, bytes) else data.read_bytes(), self._where(member))
+        if not isinstance(data, bytes):  # a file of the extracted folder: its size first
+            check_size(self._where(member), data.stat().st_size, member_limit(self._download[0], member))
+            data = data.read_bytes()
+        return _unpickle(data, self._where(member))
 
     @cached_property
     def _names(self) -> list[str]:
