@@ -8,13 +8,18 @@ same way. Everything here is pure and deterministic: same bytes in, same bytes o
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-# Decompression-bomb guard stays on, but at a limit real photos never reach.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Decompression-bomb guard: an image of more pixels is rejected from its header, before it is
+# decoded (a 27 KB PNG can declare 15000 x 15000). PIL's own guard only warns up to twice its
+# limit (the warning is silenced below), so the limit is checked here, exactly; PIL's stays on as
+# the backstop for any other reader in this process.
+MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 EXIF_ORIENTATION = 0x0112
 
 
@@ -42,10 +47,15 @@ def open_rgb(data: bytes, max_side: int) -> tuple[Image.Image, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF; we judge by decoding
             img = Image.open(io.BytesIO(data))
+            check_pixels(img.width, img.height)
             img.load()  # full decode: truncated or corrupt data fails here, not later
     except UnidentifiedImageError:
         raise Rejected("not an image (no decoder recognises its content)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL's, above twice the limit, raised by open()
+        count = re.search(r"\((\d+) pixels\)", str(e))  # PIL calls twice our limit its own: not repeated
+        raise Rejected(f"over the {MAX_PIXELS:,}-pixel limit ({f'{int(count[1]):,}' if count else 'more'} pixels; "
+                       "a decompression bomb or no photo)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise Rejected(f"corrupt or truncated image: {e}") from None
 
     reasons = []
@@ -64,6 +74,13 @@ def open_rgb(data: bytes, max_side: int) -> tuple[Image.Image, str]:
         reasons.append(f"larger than {max_side}px")
         img = shrink(img, max_side)
     return img, ", ".join(reasons)
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Reject an image of more than MAX_PIXELS pixels (exactly that many is accepted)."""
+    if width * height > MAX_PIXELS:
+        raise Rejected(f"over the {MAX_PIXELS:,}-pixel limit ({width} x {height} = {width * height:,} pixels; "
+                       "a decompression bomb or no photo)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
