@@ -1,6 +1,7 @@
 """CPU acceptance of the op-level cost model: calibrate once on isolated ops, predict whole steps.
 
-    python -m bench.calibration [--out bench/results/calibration-cpu2] [--threads N]
+    python -m bench.calibration --threads 2                 # into runs/bench/calibration-cpu2/
+    python -m bench.calibration --publish                   # into bench/results/calibration-cpu2/
 
 1. The quick op benchmark (fastmix.perf.opbench.quick_cases on a CPU): every distinct op of the
    three ImageNet variants at one small resolution each (768/32 and 1536/20 at 64 px, 1024/20-p14
@@ -12,12 +13,12 @@
    measured in turn, --sweeps times, so a slow spell of the machine spreads over all of them) and
    predicted.
 The end-to-end calibration (fitted on the first configuration's profiler breakdown) is kept as a
-cross-check column. Writes calibration.json, predicted_vs_measured.md and .png under --out.
+cross-check column. Writes calibration.json, predicted_vs_measured.md and .png into the folder
+--out (default runs/bench/calibration-cpu2; with --publish bench/results/calibration-cpu2).
 CPU timings are only meaningful on a quiet machine: the load average is recorded.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench import cli  # noqa: E402
 from bench.cli import alias  # noqa: E402
 
-from bench.plotting import replot, when  # noqa: E402
+from bench.plotting import when  # noqa: E402
 from fastmix.perf.calibration import plot, run_op_calibration  # noqa: E402
 from fastmix.perf.opbench import quick_cases  # noqa: E402
 from fastmix.perf.profiler import ProfileSpec  # noqa: E402
@@ -50,9 +52,11 @@ def redraw(result: dict, png: Path, source: Path) -> Path:
     return png
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results/calibration-cpu2", help="folder (default: %(default)s)")
+def build_parser():
+    p = cli.parser("bench.calibration", __doc__)
+    p.add_argument("--out", help="folder (default: runs/bench/calibration-cpu2; with --publish "
+                                 "bench/results/calibration-cpu2)")
+    cli.add_publish(p)
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration per sweep")
     p.add_argument("--sweeps", type=int, default=3, help="passes over all configurations")
     p.add_argument("--warmup", type=int, default=2)
@@ -61,9 +65,17 @@ def main(argv=None) -> int:
     alias(p, "--reps", "--repeats")
     p.add_argument("--replot", metavar="JSON", help="redraw predicted_vs_measured.png beside a calibration.json; "
                                                     "measure nothing")
+    return p
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.replot:
-        return replot(Path(args.replot), redraw)
+        return cli.replot(p, args, redraw)
+    args.out = str(Path(args.out) if args.out else cli.default_dir(args) / "calibration-cpu2")
+    cli.check_writable(p, Path(args.out) / "calibration.json", args.publish)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()

@@ -4,16 +4,15 @@
     python -m bench.convert                                           # demo source
     python -m bench.convert --images PHOTOS --skip-throughput --skip-quality \
         --storage jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 \
-        --out bench/results --name storage-cpu2                        # ffcv storage choices
+        --publish --name storage-cpu2                        # ffcv storage choices, into bench/results/
 
-Writes OUT/NAME.json (default bench/results/convert-<host>.json), a PNG of each table, and prints
-the markdown tables. `--replot JSON` redraws the PNGs from a result file.
+Writes OUT/NAME.json (default runs/bench/convert-<host>.json; --publish: bench/results/), a PNG of
+each table, and prints the markdown tables. `--replot JSON` redraws the PNGs from a result file.
 The table encodes as ffcv's RGBImageField does (OpenCV, libjpeg-turbo) and decodes with
 OpenCV's libjpeg-turbo on one core, the decoder family FFCV and DALI-CPU use.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -23,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import cli
 from bench.cli import add_out, out_path
-from bench.plotting import replot, today
+from bench.plotting import today
 from bench.decode import decode_rate_per_core
 from fastmix.data.convert import ConvertConfig, convert
 from fastmix.data.images import open_rgb
 from fastmix.data.synth import demo_source
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def photo_files(images: str | None) -> list[Path]:
@@ -282,8 +281,8 @@ def plots(result: dict, out: Path, source: Path | None = None) -> list[Path]:
     return written
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.parser("bench.convert", __doc__)
     p.add_argument("--images", help="folder of JPEGs (flat <wnid>_*.JPEG files); default: the demo source")
     p.add_argument("--sides", default="256,320,384,448,512,640")
     p.add_argument("--qualities", default="75,85,90,95")
@@ -295,12 +294,20 @@ def main(argv=None) -> int:
                         "jpg:512,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256")
     p.add_argument("--storage-size", type=int, default=160, help="training resolution for the storage table")
     p.add_argument("--storage-quality", type=int, default=90)
-    add_out(p, "bench/results", "convert-<host>", "the JSON and PNGs")
+    add_out(p, "convert-<host>", "the JSON and PNGs")
     p.add_argument("--replot", metavar="JSON", help="redraw the PNGs beside a bench.convert JSON; measure nothing")
+    return p
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.replot:
-        return replot(Path(a.replot), lambda d, png, src: ", ".join(map(str, plots(d, src, src))) or "nothing: no chart data")
-    a.out = str(out_path(p, a, RESULTS, f"convert-{platform.node() or 'host'}"))
+        return cli.replot(p, a, lambda d, png, src: ", ".join(map(str, plots(d, src, src))) or "nothing: no chart data")
+    a.out = str(out_path(p, a, f"convert-{platform.node() or 'host'}"))
+    if a.images and not Path(a.images).is_dir():
+        raise FileNotFoundError(f"--images {a.images}: not a folder")
     files = photo_files(a.images)
     result = {"host": platform.node(), "cpus": os.cpu_count(), "images_source": a.images or "demo",
               "n_images": len(files), "platform": platform.platform(), "measured_at": today()}

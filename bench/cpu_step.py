@@ -2,6 +2,7 @@
 
     python -m bench.cpu_step                      # the tiny64 recipe's model, batch and size
     python -m bench.cpu_step --recipe cifar10 --compile
+    python -m bench.cpu_step --publish --name cpu-step-tiny64-avx2   # update bench/results/
 
 Every variant is the trainer's own update (fused AdamW, autocast, the loader's input dtype) on
 one batch held in memory (the clip, label smoothing and the loop's statistics left out):
@@ -10,11 +11,11 @@ the recipe's variant also at 1 compute thread and, with --compile, compiled by i
 slow spell of a shared machine spreads over all of them; each gets its median. For the recipe's
 variant a torch.profiler pass splits the step by op (self CPU time): depthwise conv, pointwise and
 stem conv, BatchNorm, GELU, the residual add, the optimizer, the rest; MFU is against this host's
-matmul at the variant's precision (fastmix.devices.ceilings), measured first. Writes OUT/NAME.json and .png.
+matmul at the variant's precision (fastmix.devices.ceilings), measured first. Writes OUT/NAME.json and .png
+(OUT: runs/bench/, or bench/results/ with --publish).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,20 +25,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench import cli
 from bench.cli import add_out, out_path
-
-RESULTS = Path(__file__).resolve().parent / "results"
 OPS = ("depthwise conv", "pointwise conv, stem, head", "BatchNorm", "GELU", "residual add", "optimizer", "other")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.cpu_step", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.parser("bench.cpu_step", __doc__)
     p.add_argument("--recipe", default="tiny64", help="the recipe whose model, batch and image size are timed")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--repeats", type=int, default=3, help="rounds over all variants")
     p.add_argument("--compile", action="store_true", help="also time the recipe's variant compiled (inductor)")
-    add_out(p, "bench/results", "cpu-step-<recipe>", "the JSON and PNG")
+    add_out(p, "cpu-step-<recipe>", "the JSON and PNG")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     a = p.parse_args(argv)
     if a.steps < 1 or a.repeats < 1:
         p.error("--steps and --repeats must be positive")
@@ -103,6 +107,7 @@ def variants(cfg, precision: str, compile_too: bool, cores: int) -> list[dict]:
     return out
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
     import os
     from fastmix.devices.ceilings import host_matmul_tflops
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
     from fastmix.train import speed
     from fastmix.train.recipe import load_recipe
     a, p = parse_args(argv)
-    path = out_path(p, a, RESULTS, f"cpu-step-{Path(a.recipe).stem}")
+    path = out_path(p, a, f"cpu-step-{Path(a.recipe).stem}")
     cfg = load_recipe(a.recipe)
     cores = len(os.sched_getaffinity(0))
     precision = speed.resolve_precision(cfg.precision, torch.device("cpu"))

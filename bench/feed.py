@@ -1,8 +1,9 @@
 """Cores to feed each catalog GPU: its training rate over each loader's measured rate per core.
 
-    python -m bench.feed                                    # bench/results/loaders-cpu2.json
-    python -m bench.feed --loaders bench/results/loaders-cpu2.json --sizes 224,160,128 \\
-        --calibration runs/calib-t4/calibration.json --measured runs/gpu/gpu.json --measured-gpu t4
+    python -m bench.feed                                    # reads bench/results/loaders-cpu2.json
+    python -m bench.feed --loaders runs/bench/loaders-cpu2.json --sizes 64
+    python -m bench.feed --sizes 224,160 --calibration runs/calib-t4/calibration.json \\
+        --measured runs/gpu/gpu.json --measured-gpu t4
 
 The training rate of `--model` per GPU and image size is the cost model's
 (fastmix.perf.cost.predict_step at `--batch-size`, fp16 where the GPU has fp16 tensor cores, else
@@ -10,7 +11,9 @@ bf16, else fp32), or the GPU suite's measured rate where `--measured` has one (b
 matrix cells, fastest layout; `--measured-gpu` names the catalog GPU it ran on). A loader's
 rate per core is images/s over CPU cores used, from a bench.loaders JSON (same image size; the
 loaders were measured on that machine's cores, so the answer is in cores of that kind).
-Writes JSON + a markdown table next to the loaders file (feed-<name>.{json,md}).
+--sizes defaults to the sizes the loaders file measured; a size it lacks is refused, by name.
+Writes JSON + a markdown table into --out (default runs/bench/; --publish: bench/results/), as
+feed-<what follows loaders- in the loaders file's name>.{json,md}; never over the loaders file.
 """
 from __future__ import annotations
 
@@ -19,11 +22,10 @@ import json
 import math
 from pathlib import Path
 
-from bench.cli import add_out, alias, out_path
+from bench import cli
+from bench.cli import PUBLISHED, add_out, alias, out_path
 from fastmix.devices.catalog import load_catalog
 from fastmix.perf.cost import Efficiency, predict_step
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def is_variant(row: dict) -> bool:
@@ -123,27 +125,52 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loaders", default=str(RESULTS / "loaders-cpu2.json"), help="a bench.loaders JSON")
+def build_parser():
+    p = cli.parser("bench.feed", __doc__)
+    p.add_argument("--loaders", default=str(PUBLISHED / "loaders-cpu2.json"),
+                   help="a bench.loaders JSON (default: bench/results/loaders-cpu2.json)")
     p.add_argument("--model", default="convmixer_768_32")
     p.add_argument("--batch-size", type=int, default=64, help="the training batch the rates are predicted at")
-    p.add_argument("--sizes", default="224,160,128")
+    p.add_argument("--sizes", help="image sizes in px (default: every size the loaders file measured)")
     p.add_argument("--calibration", help="calibration.json (tools/profile_gpu.py); default: stated efficiencies")
     p.add_argument("--catalog", help="GPU catalog YAML overriding/adding entries (fastmix.devices.catalog)")
     p.add_argument("--measured", help="a bench.gpu gpu.json whose measured training rates replace predictions")
     p.add_argument("--measured-gpu", help="catalog key of the GPU the --measured file ran on")
-    add_out(p, "the --loaders file's folder", "feed-<what follows loaders- in its name>", "the JSON and markdown")
+    add_out(p, "feed-<what follows loaders- in its name>", "the JSON and markdown")
     alias(p, "--batch", "--batch-size")
+    return p
+
+
+def sizes_of(p, given: str | None, rates: dict, path: Path) -> list[int]:
+    """--sizes, each one the loaders file measured (else refused, naming it), or all it measured."""
+    measured = sorted({s for _, s in rates}, reverse=True)
+    if not given:
+        return measured
+    try:
+        sizes = [int(s) for s in given.split(",")]
+    except ValueError:
+        p.error(f"--sizes {given!r}: expected comma-separated pixel sizes, e.g. 224,160")
+    lacking = [s for s in sizes if s not in measured]
+    if lacking:
+        p.error(f"--sizes: {path} has no loader rows at {', '.join(map(str, lacking))} px "
+                f"(it has {', '.join(map(str, measured))})")
+    return sizes
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     path = Path(a.loaders)
-    out = out_path(p, a, path.parent, path.stem.replace("loaders-", "feed-"))
+    stem = path.stem[len("loaders-"):] if path.stem.startswith("loaders-") else path.stem
+    out = out_path(p, a, f"feed-{stem}", inputs=[path, a.measured, a.calibration])
     if not path.is_file():
-        raise SystemExit(f"{path}: not found (run python -m bench.loaders first)")
+        raise SystemExit(f"python -m bench.feed: {path}: not found (run python -m bench.loaders first)")
+    print(f"loader rates from {path}", flush=True)
     loaders = json.loads(path.read_text())
     rates = per_core_rates(loaders, path)
+    sizes = sizes_of(p, a.sizes, rates, path)
     eff = Efficiency.load(a.calibration) if a.calibration else Efficiency()
-    sizes = [int(s) for s in a.sizes.split(",")]
     rows = table(a.model, a.batch_size, sizes, rates, measured_rates(a.measured, a.measured_gpu, a.model), eff,
                  load_catalog(a.catalog))
     result = {"loaders": str(path), "loader_device": loaders.get("device"),

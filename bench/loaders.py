@@ -1,16 +1,19 @@
 """Loader throughput per backend and image size, against the decode limit and the model.
 
-    python -m bench.loaders --data data/demo
+    python -m bench.loaders --data data/demo --backends opencv,ffcv --sizes 64
     python -m bench.loaders --images PHOTOS         # converts real photos first
-    python -m bench.loaders --replot bench/results/loaders-cpu2.json   # redraw the chart only
+    python -m bench.loaders --images PHOTOS --publish   # update bench/results/loaders-cpu2.json
+    python -m bench.loaders --replot runs/bench/loaders-cpu2.json   # redraw the chart only
 
 Per (backend, size): time of the first epoch (numba compilation, DALI pipeline build, worker
 start-up), steady-state images/s over the following epochs, CPU cores used (process CPU time,
 waited-for children included, / wall time), and peak RSS. Reference lines from the same run:
 the raw decode limit (libjpeg-turbo decode of the same stored bytes on one core, times the
 cores given) and the training-step throughput of `--model` on the present device. Writes JSON
-+ PNG into --out (default bench/results/) and prints a markdown table. `--stages` adds the per-stage cost
++ PNG into --out (default runs/bench/; --publish: bench/results/, which tools/estimate_cost.py
+--plan and bench.feed read) and prints a markdown table. `--stages` adds the per-stage cost
 breakdown of each CPU backend (bench/stages.py) from the same run: stages-*.json + PNG.
+Every name in --backends is checked before anything is measured.
 
 Before/after in one run: `ffcv-fulldecode` is ffcv with its own full-decode decoders (before
 loaders/ffcv_decode.py); any name with `:mmap` hands its batches to normalization on fresh
@@ -32,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import cli
 from bench.cli import add_out, alias, out_path
 from bench.decode import decode_rate_per_core
-from bench.plotting import replot, today
-from bench.variants import BETON_READERS, apply_suffix, ffcv_side, prepare_side_variant, side_variant
+from bench.plotting import today
+from bench.variants import BETON_READERS, apply_suffix, ffcv_side, prepare_side_variant, side_variant, \
+    unknown_backends, NOT_MEASURED
 from loaders import make_loader
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_seconds() -> float:
@@ -77,6 +80,11 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         return self.peak / 2**20
+
+
+def loader_rows(rows: list[dict]) -> list[dict]:
+    """The rows of loaders that make images: not `synthetic` (an older result has it; see NOT_MEASURED)."""
+    return [r for r in rows if r["backend"] not in NOT_MEASURED]
 
 
 def run_epoch(loader) -> int:
@@ -195,20 +203,19 @@ def markdown(rows: list[dict]) -> str:
 def plot(result: dict, path: Path, source: Path | None = None) -> None:
     """Real backends on their own linear axis, grouped by size, one colour per backend (a before-variant
     in its base's lighter shade), each bar's decode limit as a black tick and the model's training
-    rate as a red line; the synthetic ceiling (no I/O) in a separate panel, so it does not squash the
-    rest. The title says what, on what, and when."""
+    rate as a red line (the ceiling: no loader can make training faster). A `synthetic` row of an
+    older result is left out: it timed the loop handing back one batch held in memory (tens of millions
+    of "images"/s), not a loader. The title says what, on what, and when."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from bench.plotting import backend_colors, is_before, title
-    rows = result["rows"]
-    real = [r for r in rows if r["backend"] != "synthetic"]
-    synth = [r for r in rows if r["backend"] == "synthetic"]
+    rows = real = loader_rows(result["rows"])
     sizes = list(dict.fromkeys(r["image_size"] for r in rows))
     backends = list(dict.fromkeys(r["backend"] for r in real))
     colors = backend_colors(backends)
-    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [5, 1] if synth else [5, 0.01]})
+    fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.85 / max(len(backends), 1)
     for k, b in enumerate(backends):
         for i, s in enumerate(sizes):
@@ -229,14 +236,6 @@ def plot(result: dict, path: Path, source: Path | None = None) -> None:
     ax.set(ylabel="images / s (steady state)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
-    if synth:
-        ax_s.bar([f"{r['image_size']} px" for r in synth], [r["images_per_s"] / 1e6 for r in synth],
-                 color=backend_colors(["synthetic"])["synthetic"])
-        ax_s.set_ylabel("million images / s", fontsize=8)
-        ax_s.set_title("synthetic: the ceiling\n(no I/O; own axis)", fontsize=8)
-        ax_s.tick_params(labelsize=7)
-    else:
-        ax_s.axis("off")
     on = f"{result.get('images', '?')} images, batch {result.get('batch_size', '?')}, {result.get('workers', '?')} " \
          f"workers on a {result.get('cpu_count', '?')}-core {result.get('device', '?')}"
     fig.suptitle(title("Loader throughput per backend and image size", on, result, source), fontsize=10)
@@ -278,16 +277,17 @@ def stage_breakdown(rows: list[dict], data: str, a, out: Path, device_name: str)
                                "batch_size": a.batch_size, "repeats": a.repeats, "loader_rows": "same run"})
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/demo", help="a converted folder")
+def build_parser():
+    p = cli.parser("bench.loaders", __doc__)
+    p.add_argument("--data", default="data/demo", help="a converted folder (default: %(default)s)")
     p.add_argument("--images", help="flat folder of <wnid>_*.JPEG photos to convert and use instead")
     p.add_argument("--imagefolder", help="original tree for the pil backend (default: the manifest's source)")
-    p.add_argument("--backends", default="pil,pil-wds,ffcv,opencv,dali-cpu,dali-gpu,nvjpeg,resident,synthetic",
-                   help="also the befores of this issue's changes: ffcv-fulldecode (ffcv's own decoders), "
-                        "NAME:mmap (normalized batches on fresh mmap'd pages, as before fastmix/devices/allocator.py); "
-                        "and ffcv@SIDE / opencv@SIDE: on the same photos stored at max side SIDE (converted once)")
-    p.add_argument("--sizes", default="160,192,224")
+    p.add_argument("--backends", default="pil,pil-wds,ffcv,opencv,dali-cpu,dali-gpu,nvjpeg,resident",
+                   help="comma-separated (default: %(default)s); also the befores of the loader work: "
+                        "ffcv-fulldecode (ffcv's own decoders), NAME:mmap (normalized batches on fresh mmap'd "
+                        "pages, as before fastmix/devices/allocator.py); and ffcv@SIDE / opencv@SIDE: on the same "
+                        "photos stored at max side SIDE (converted once)")
+    p.add_argument("--sizes", default="160,192,224", help="image sizes in px (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="steady-state epochs after the warm-up one (at least)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this much steady-state time")
@@ -298,18 +298,31 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="convmixer_768_32")
     p.add_argument("--model-batch", type=int, default=4)
     p.add_argument("--model-steps", type=int, default=2)
-    add_out(p, "bench/results", "loaders-<cpu|gpu><workers>", "the JSON and PNG (and the stages-* ones)")
+    add_out(p, "loaders-<cpu|gpu><workers>", "the JSON and PNG (and the stages-* ones)")
     p.add_argument("--stages", action="store_true",
                    help="also the per-stage breakdown of each CPU backend (bench/stages.py): stages-*.json + PNG")
     p.add_argument("--repeats", type=int, default=3, help="--stages: best of this many passes per stage")
     alias(p, "--stage-repeats", "--repeats")
     p.add_argument("--replot", metavar="JSON", help="redraw the PNG beside a loaders JSON from it; measure nothing")
+    return p
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.replot:
-        return replot(Path(a.replot), plot)
-    out = out_path(p, a, RESULTS, f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}")
+        return cli.replot(p, a, plot)
+    unknown = unknown_backends(a.backends.split(","))
+    if unknown:
+        p.error(f"--backends: {'; '.join(unknown)}")
+    try:
+        sizes = [int(s) for s in a.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes {a.sizes!r}: expected comma-separated pixel sizes, e.g. 160,224")
+    out = out_path(p, a, f"loaders-{'gpu' if a.device.startswith('cuda') else 'cpu'}{a.workers}")
     data = prepare_images(a.images) if a.images else a.data
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    manifest = cli.read_converted(data)
     if a.imagefolder is None and manifest["source"]["layout"] == "imagefolder":
         a.imagefolder = manifest["source"]["path"]
     backends = [b for b in a.backends.split(",") if b != "dali-gpu" or a.device.startswith("cuda")]
@@ -318,7 +331,6 @@ def main(argv=None) -> int:
         jpegs[f"ffcv@{side}"] = stored_jpegs(prepare_side_variant(data, side), limit=100_000)["ffcv"]
     per_core = {fmt: decode_rate_per_core(b) for fmt, b in jpegs.items()}
     limits = {fmt: rate * a.workers for fmt, rate in per_core.items()}
-    sizes = [int(s) for s in a.sizes.split(",")]
     rows = []
     for size in sizes:
         for backend in backends:

@@ -10,7 +10,6 @@ function JSON -> markdown. A new measurement is a new entry in SECTIONS.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench import cli
 from bench import report_text as text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,7 @@ class Section:
     source: str                      # JSON path under the results folder
     render: Callable[[dict], str]    # the parsed JSON -> the section's markdown body
     missing: str | None = None       # what the page says while the file does not exist; None: required
+    beside: bool = False             # render(data, results folder): it reads other files there too
 
 
 def convert_quality(d: dict) -> str:
@@ -51,7 +52,8 @@ def _pil_rate(rows: list[dict], size: int) -> float | None:
 
 
 def loaders(d: dict) -> str:
-    rows = d["rows"]
+    from bench.loaders import loader_rows
+    rows = loader_rows(d["rows"])
     lines = ["| backend | size | img/s | × pil | CPU cores used | decode limit img/s | vs limit | first epoch s | "
              "peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -62,7 +64,7 @@ def loaders(d: dict) -> str:
                      f"{r['peak_rss_mb']:.0f} |" if pil else f"| {r['backend']} | {r['image_size']} | … |")
     best = []
     for size in dict.fromkeys(r["image_size"] for r in rows):
-        real = [r for r in rows if r["image_size"] == size and r["backend"] != "synthetic"]
+        real = [r for r in rows if r["image_size"] == size]
         top = max(real, key=lambda r: r["images_per_s"])
         same = max((r for r in real if "@" not in r["backend"]), key=lambda r: r["images_per_s"])
         best.append(f"at {size} px `{same['backend']}` {same['images_per_s'] / _pil_rate(rows, size):.2f}× pil on "
@@ -92,9 +94,9 @@ def four_times_pil(stage_rows: list[dict], loader_rows: list[dict], backend: str
     return out
 
 
-def stages(d: dict) -> str:
+def stages(d: dict, results: Path = RESULTS) -> str:
     from bench.stages import markdown
-    loaders_json = RESULTS / "loaders-cpu2.json"  # the same run's loader rows (d["loader_rows"] says so)
+    loaders_json = results / "loaders-cpu2.json"  # the same run's loader rows (d["loader_rows"] says so)
     budget = four_times_pil(d["rows"], json.loads(loaders_json.read_text())["rows"]) if loaders_json.is_file() else []
     tail = ("\n\nHow far a CPU backend can go on these cores: " + "; ".join(budget) + ". Where the stages alone "
             "exceed the budget, no hand-off can reach 4× pil on that storage; a smaller stored side "
@@ -124,11 +126,11 @@ def calibration_summary(d: dict) -> str:
     return f"{within} of {len(held)} held-out steps within 15 %, worst {100 * worst['error']:+.1f} % ({worst['label']})"
 
 
-def calibration(d: dict) -> str:
+def calibration(d: dict, results: Path = RESULTS) -> str:
     from fastmix.perf.calibration import table
     others = []
     for name in ("calibration-cpu2-repeat", "calibration-cpu2-load8"):
-        path = RESULTS / name / "calibration.json"
+        path = results / name / "calibration.json"
         if path.is_file():
             others.append(f"`bench/results/{name}/`: {calibration_summary(json.loads(path.read_text()))}")
     load = d.get("load_average", {})
@@ -161,9 +163,15 @@ def tiny64(folder: str) -> Callable[[dict], str]:
                 return f"{100 * float(r[key]):.{digits}f} %" if r.get(key) not in ("", None) else "n/a"
             lines.append(f"| {r['epoch']} | {r['image_size']} | {float(r['top1']):.1f} % | {float(r['top5']):.1f} % | "
                          f"{float(r['train_loss']):.3f} | {float(r['images_per_s']):.0f} | {pct('mfu')} | "
-                         f"{pct('data_wait_share', 1)} | {pct('loader_slowdown')} | {float(r['wall_s']) / 60:.1f} |")
+                         f"{pct('data_wait_share', 1)} | {loader_cost(r)} | {float(r['wall_s']) / 60:.1f} |")
         return "\n".join(lines) + f"\n\n![tiny64 curves](../bench/results/{folder}/curves.png)\n\n" + evaluated(d)
     return render
+
+
+def loader_cost(row: dict) -> str:
+    """An epoch's loader cost as the console says it (loadercost.describe): noise is not a figure."""
+    from fastmix.train.loadercost import describe
+    return "n/a" if row.get("loader_slowdown") in ("", None) else describe(float(row["loader_slowdown"]))
 
 
 def budget(d: dict) -> str:
@@ -214,10 +222,10 @@ SECTIONS = [
     Section("Conversion: max side and quality", "convert-quality-cpu2.json", convert_quality),
     Section("Conversion throughput", "convert-cpu2.json", convert_throughput),
     Section("Loader throughput", "loaders-cpu2.json", loaders),
-    Section("Where the time goes: per-stage cost", "stages-cpu2.json", stages),
+    Section("Where the time goes: per-stage cost", "stages-cpu2.json", stages, beside=True),
     Section("Storage choices: write mode and max side", "storage-cpu2.json", storage),
     Section("Cores to feed each GPU", "feed-cpu2.json", feed),
-    Section("Cost model calibration on this CPU", "calibration-cpu2/calibration.json", calibration),
+    Section("Cost model calibration on this CPU", "calibration-cpu2/calibration.json", calibration, beside=True),
     Section("The CPU training step: options and ops", "cpu-step-tiny64.json", cpu_step("cpu-step-tiny64"),
             missing=text.CPU_STEP_MISSING),
     Section("The CPU training step on 2 AVX2 cores (fp32)", "cpu-step-tiny64-avx2.json",
@@ -249,25 +257,31 @@ def render(results: Path = RESULTS, sections: list[Section] = SECTIONS) -> str:
         except ValueError as e:
             raise SystemExit(f"bench.report: {path}: not JSON ({e})") from e
         try:
-            body = s.render(data).strip()
+            body = (s.render(data, results) if s.beside else s.render(data)).strip()
         except (KeyError, TypeError, ValueError, IndexError) as e:  # a result file of another shape
             raise SystemExit(f"bench.report: {path}: not what section {s.title!r} reads ({type(e).__name__}: {e})") from e
         parts.append(f"## {s.title}\n\n{body}\n\nSource: `bench/results/{s.source}`.")
     return "\n\n".join(parts) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.parser("bench.report", __doc__)
     p.add_argument("--results", default=str(RESULTS), help="the folder of result files (default: bench/results)")
     p.add_argument("--page", default=str(PAGE), help="the page to write or check (default: docs/benchmarks.md)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the page differs")
-    a = p.parse_args(argv)
+    return p
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    print(f"results read from {a.results}/: " + ", ".join(s.source for s in SECTIONS if (Path(a.results) / s.source).is_file()))
     page, out = render(Path(a.results)), Path(a.page)
+    old = out.read_text() if out.is_file() else ""
+    if old == page:  # not rewritten: an up-to-date page stays untouched
+        print(f"{out}: up to date")
+        return 0
     if a.check:
-        old = out.read_text() if out.is_file() else ""
-        if old == page:
-            print(f"{out}: up to date")
-            return 0
         diff = list(difflib.unified_diff(old.splitlines(), page.splitlines(), str(out), "generated", n=0, lineterm=""))
         print(f"{out}: differs from what `python -m bench.report` generates:", *diff[:12], sep="\n", file=sys.stderr)
         return 1

@@ -17,10 +17,11 @@ table); `tests/test_report.py` fails when the page and the files disagree. Edit 
 ran on a 2-core AMD EPYC VM (no GPU), one run per table; the same backends moved by up to 40 %
 between quiet runs of that machine, so compare ratios within one table rather than across tables.
 How to rerun each measurement on your own machine: docs/loaders.md, docs/convert.md, docs/cost.md;
-on a GPU: docs/gpu.md."""
+on a GPU: docs/gpu.md. A benchmark writes under `runs/bench/` unless given `--publish`, the only way
+it writes into `bench/results/` (the commands below carry it because they made these files)."""
 
 CONVERT_QUALITY = """```bash
-python -m bench.convert --images DIR --skip-throughput --out bench/results --name convert-quality-cpu2
+python -m bench.convert --images DIR --skip-throughput --publish --name convert-quality-cpu2
 ```
 
 `--images` is a flat folder of real photos (here 500 ImageNet photos, one per class). Each is
@@ -31,7 +32,7 @@ neighbouring rows. The converter's defaults are `--max-side 512 --quality 90 --w
 (why: docs/convert.md)."""
 
 CONVERT_THROUGHPUT = """```bash
-python -m bench.convert --images DIR --skip-quality --out bench/results --name convert-cpu2
+python -m bench.convert --images DIR --skip-quality --publish --name convert-cpu2
 ```
 
 The same {n} photos through `fastmix.data.convert` on this {cpus}-core machine, per `--workers`
@@ -39,8 +40,8 @@ The same {n} photos through `fastmix.data.convert` on this {cpus}-core machine, 
 (`prepare`) with pytest-benchmark."""
 
 LOADERS = """```bash
-python -m bench.loaders --images DIR --sizes 224,160,128 --stages \\
-  --backends pil,pil:mmap,pil-wds,ffcv,ffcv-fulldecode,ffcv@320,opencv,opencv@320,dali-cpu,nvjpeg,synthetic
+python -m bench.loaders --images DIR --sizes 224,160,128 --stages --publish \\
+  --backends pil,pil:mmap,pil-wds,ffcv,ffcv-fulldecode,ffcv@320,opencv,opencv@320,dali-cpu,nvjpeg
 ```
 
 `--images` converts the photos once ({images} used here), then measures each backend in a fresh
@@ -53,8 +54,10 @@ same augmentation everywhere: RandomResizedCrop (scale 0.08–1, ratio 3/4–4/3
 flip. The befores of the loader work run in the same run: `ffcv-fulldecode` is ffcv with its own
 full-decode decoders, and `NAME:mmap` hands its batches to normalization on fresh mmap'd pages
 (glibc's allocator defaults, before `fastmix/devices/allocator.py`). `NAME@320` is that backend on
-the same photos stored at max side 320 (converted once beside the data). `synthetic` makes no
-images at all: it is the ceiling, not a loader to pick."""
+the same photos stored at max side 320 (converted once beside the data). The run also timed
+`synthetic`, which hands back one batch held in memory: its "rate" (tens of millions of images/s)
+was the loop's own overhead, not work any loader does, so it is left out here and bench.loaders no
+longer measures it; the model's training rate is the ceiling."""
 
 LOADERS_AFTER = """Why `opencv` beats ffcv on the same bytes (next table): a cheaper resize (bilinear after a
 small Gaussian, against ffcv's INTER_AREA) and no numba pipeline or worker processes around the
@@ -84,7 +87,7 @@ every median by at most 0.3 dB (that rerun's JSON is not committed)."""
 STORAGE = """```bash
 python -m bench.convert --images DIR --skip-throughput --skip-quality \\
   --storage jpg:512,jpg:384,jpg:320,jpg:256,proportion@0.5:512,raw:320,raw:256 --storage-size {size} \\
-  --out bench/results --name storage-cpu2
+  --publish --name storage-cpu2
 ```
 
 Each row is a `.beton` written by `fastmix.data.convert` (ffcv's `RGBImageField`, q90) from the
@@ -100,7 +103,7 @@ cost at that resolution; at 224 px keep the 512 px `.beton` (full resolution for
 sits between. A lower max side is a second `.beton` (docs/convert.md)."""
 
 FEED = """```bash
-python -m bench.feed --sizes 224,160,128   # reads bench/results/loaders-cpu2.json
+python -m bench.feed --sizes 224,160,128 --publish   # reads bench/results/loaders-cpu2.json
 ```
 
 Each catalog GPU's training rate for {model} (batch {batch}; the cost model's `predict_step`,
@@ -149,7 +152,8 @@ converted folder on {host} by
 is in its source file). Best val top-1 **{best:.1f} %** (epoch {epoch}) after {wall:.1f} minutes of training and
 evaluation; {total}. MFU is against the peak the run measured at its start ({peak}). "Loader cost" is
 the share of the rate the same update reaches with no loader running, timed after every epoch in the
-same process (`fastmix/train/loadercost.py`); "data wait" is the time the loop blocked on the loader."""
+same process (`fastmix/train/loadercost.py`); a figure that is not above zero is timing noise (no
+loader makes an update faster) and is said as such; "data wait" is the time the loop blocked on the loader."""
 
 TINY64_AFTER = """`tools/evaluate.py --checkpoint <run>/best.pt --data data/tinyimagenet` on the run's best
 checkpoint: {top1:.2f} % top-1, {top5:.2f} % top-5 on the {images} val images ({backend}, {precision},

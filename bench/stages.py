@@ -17,7 +17,6 @@ residual absorbs the difference; a negative one means the run was too noisy to s
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -26,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import cli
 from bench.cli import add_out, out_path
-from bench.plotting import replot, today
-from bench.variants import apply_suffix, side_variant
+from bench.plotting import today
+from bench.variants import apply_suffix, side_variant, unknown_backends
 
 CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "ffcv-fulldecode", "opencv", "dali-cpu", "nvjpeg")
 STAGES = ("read", "decode", "crop/resize", "flip", "collate", "convert+normalize", "hand-off+other")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best_us(fn, n: int, repeats: int) -> float:
@@ -379,21 +378,30 @@ def write(rows: list[dict], out: Path, meta: dict) -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.parser("bench.stages", __doc__)
     p.add_argument("--data", default="data/bench-imagenet-sample", help="a converted folder")
     p.add_argument("--imagefolder", help="original tree for pil (default: the manifest's source)")
     p.add_argument("--backends", default=",".join(CPU_BACKENDS))
     p.add_argument("--sizes", default="224,160")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    add_out(p, "bench/results", "stages-cpu", "the JSON and PNG")
+    add_out(p, "stages-cpu", "the JSON and PNG")
     p.add_argument("--replot", metavar="JSON", help="redraw the PNG beside a stages JSON from it; measure nothing")
+    return p
+
+
+@cli.one_line_errors
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.replot:
-        return replot(Path(a.replot), plot)
-    out = out_path(p, a, RESULTS, "stages-cpu")
-    manifest = json.loads((Path(a.data) / "manifest.json").read_text())
+        return cli.replot(p, a, plot)
+    unknown = unknown_backends(a.backends.split(","), CPU_BACKENDS)
+    if unknown:
+        p.error(f"--backends: {'; '.join(unknown)}")
+    out = out_path(p, a, "stages-cpu")
+    manifest = cli.read_converted(a.data)
     folder = a.imagefolder or manifest["source"]["path"]
     rows = []
     for size in (int(s) for s in a.sizes.split(",")):

@@ -2,6 +2,7 @@
 
     python -m bench.tta --data data/tinyimagenet                      # recipe tiny64, every CPU backend
     python -m bench.tta --data data/tinyimagenet --backends ffcv,opencv --periods 6 --period-updates 64
+    python -m bench.tta --data data/tinyimagenet --publish            # into bench/results/tta/
 
 Each backend trains the recipe for the same number of updates (`--periods` x `--period-updates`,
 the one-cycle schedule spread over them) and evaluates on the whole val split after every period.
@@ -10,6 +11,7 @@ loader's decode of the whole split, numba compilation) is part of its time. A ba
 running at `--budget-s` stops after its period. Per period: top-1, top-5, images/s, the data-wait
 share and the loader's cost against the same update with no loader running (loadercost.py).
 
+OUT is runs/bench/tta (with --publish bench/results/tta, which docs/benchmarks.md reads).
 Writes OUT/tta.json (after every backend: a rerun skips the finished ones, so it is resumable per
 backend), OUT/tta.png (top-1 against minutes, one line per backend) and OUT/tta.md (the table,
 with each backend's time to a common target top-1: by default the best top-1 that every finished
@@ -24,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "tta"
+from bench import cli
+
 CPU_BACKENDS = ("pil", "pil-wds", "ffcv", "opencv", "dali", "resident")
 GPU_BACKENDS = ("pil-wds", "ffcv", "opencv", "dali", "nvjpeg", "resident")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("bench.tta", __doc__)
     p.add_argument("--data", required=True, help="converted folder (tools/convert_subset.py --out)")
     p.add_argument("--recipe", default="tiny64", help="training recipe, the same for every backend")
     p.add_argument("--backends", help=f"comma-separated (default on a CPU: {','.join(CPU_BACKENDS)}; "
@@ -43,10 +45,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu, cuda (default: the recipe's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig field for every backend, as tools/train.py --set")
-    p.add_argument("--out", default=str(RESULTS), help="folder for tta.json, tta.png, tta.md and runs/")
+    p.add_argument("--out", help="folder for tta.json, tta.png, tta.md and runs/ (default: runs/bench/tta; "
+                                 "with --publish bench/results/tta)")
+    cli.add_publish(p)
     p.add_argument("--overwrite", action="store_true", help="start again although OUT/tta.json holds other settings")
     p.add_argument("--replot", action="store_true", help="only redraw tta.png and tta.md from OUT/tta.json")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     a = p.parse_args(argv)
+    a.out = str(Path(a.out) if a.out else cli.default_dir(a) / "tta")
+    cli.check_writable(p, Path(a.out) / "tta.json", a.publish)
     for flag in ("periods", "period_updates", "budget_s"):
         if getattr(a, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
@@ -169,6 +180,7 @@ def time_to(periods: list[dict], target: float | None) -> float | None:
 
 
 def table(result: dict) -> str:
+    from fastmix.train.loadercost import describe  # a mean cost not above zero is timing noise
     target = result.get("target_top1")
     lines = [f"Time to accuracy, {result['settings']['recipe']} recipe on {Path(result['settings']['data']).name}, "
              f"{result['host']}: {result['settings']['periods']} evaluations every "
@@ -189,7 +201,7 @@ def table(result: dict) -> str:
         reached = time_to(ps, target)
         lines.append(f"| {name} | {'not reached' if reached is None else f'{reached / 60:.1f} min'} | "
                      f"{max(p['top1'] for p in ps):.1f} % | {ps[-1]['top1']:.1f} % | {rate:.0f} | {100 * wait:.1f} % | "
-                     f"{f'{100 * sum(costs) / len(costs):.0f} %' if costs else 'n/a'} | {r['startup_s']:.0f} s |")
+                     f"{describe(sum(costs) / len(costs)) if costs else 'n/a'} | {r['startup_s']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,6 +236,7 @@ def write(result: dict, out: Path) -> None:
     plot(result, out / "tta.png")
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)

@@ -8,6 +8,33 @@ import json
 from pathlib import Path
 
 BETON_READERS = ("ffcv", "opencv")  # backends that read the .beton's stored bytes
+DEVICE_NAMES = ("dali-cpu", "dali-gpu", "ffcv-fulldecode")  # dali's decode device; ffcv's own decoders
+
+# Not a loader to time: it hands back one batch held in memory, so "its rate" is the loop's own
+# overhead (47 million images/s on 2 cores), a number no work allows; the model's rate is the ceiling.
+NOT_MEASURED = {"synthetic": "hands back one batch held in memory: its 'rate' is the loop's overhead, "
+                             "not a loader's (the model's training rate is the ceiling)"}
+
+
+def unknown_backends(names: list[str], allowed: tuple[str, ...] | None = None) -> list[str]:
+    """`NAME: why` for every benchmark name that cannot be measured (checked before any measurement):
+    a backend (loaders.BACKENDS, or `allowed`), a DEVICE_NAMES one, NAME@SIDE on a .beton reader,
+    NAME:mmap."""
+    import loaders
+    known = allowed or tuple(b for b in loaders.BACKENDS if b not in NOT_MEASURED) + DEVICE_NAMES
+    out = []
+    for given in names:
+        name, _, flag = given.partition(":")
+        base, _, side = name.partition("@")
+        if given in NOT_MEASURED:
+            out.append(f"{given}: {NOT_MEASURED[given]}")
+        elif base not in known:
+            out.append(f"{given}: unknown backend (known: {', '.join(known)})")
+        elif flag not in ("", "mmap"):
+            out.append(f"{given}: unknown suffix {flag!r} (only ':mmap')")
+        elif "@" in name and (base not in BETON_READERS or not side.isdigit() or int(side) < 32):
+            out.append(f"{given}: NAME@SIDE takes {' or '.join(BETON_READERS)} and a max side in px >= 32")
+    return out
 
 
 def apply_suffix(backend: str) -> str:

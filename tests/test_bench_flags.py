@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -62,20 +63,20 @@ def test_old_spellings_still_work(tmp_path, capsys):
 
 def test_out_is_a_folder(tmp_path, capsys):
     p = argparse.ArgumentParser(prog="b")
-    add_out(p, "bench/results", "thing", "the JSON")
-    assert out_path(p, p.parse_args(["--out", str(tmp_path)]), "unused", "thing") == tmp_path / "thing.json"
-    assert out_path(p, p.parse_args([]), tmp_path, "dflt") == tmp_path / "dflt.json"
+    add_out(p, "thing", "the JSON")
+    assert out_path(p, p.parse_args(["--out", str(tmp_path)]), "thing") == tmp_path / "thing.json"
+    assert out_path(p, p.parse_args([]), "dflt") == Path("runs/bench/dflt.json")
     a = p.parse_args(["--out", str(tmp_path), "--name", "run-2"])
-    assert out_path(p, a, "unused", "thing") == tmp_path / "run-2.json"
-    old = out_path(p, p.parse_args(["--out", str(tmp_path / "x.json")]), "unused", "thing")
+    assert out_path(p, a, "thing") == tmp_path / "run-2.json"
+    old = out_path(p, p.parse_args(["--out", str(tmp_path / "x.json")]), "thing")
     assert old == tmp_path / "x.json"
     assert f"--out {tmp_path / 'x.json'} (a file) is deprecated; use --out {tmp_path} --name x" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
-        out_path(p, p.parse_args(["--out", str(tmp_path / "file")]), "unused", "thing")
+        out_path(p, p.parse_args(["--out", str(tmp_path / "file")]), "thing")
     assert "not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        out_path(p, p.parse_args(["--out", str(tmp_path), "--name", "a/b"]), "unused", "thing")
+        out_path(p, p.parse_args(["--out", str(tmp_path), "--name", "a/b"]), "thing")
 
 
 def test_loader_dtype_is_checked(capsys):

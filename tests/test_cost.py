@@ -122,11 +122,12 @@ def cli(tool, *args):
                           timeout=300)
 
 
-def test_estimate_cost_cli():
+def test_estimate_cost_cli(tmp_path):
     table = cli("estimate_cost.py")
     assert table.returncode == 0, table.stderr
     assert "convmixer_768_32 | t4 | fp16 | 32" in table.stdout and "h100" in table.stdout
-    rows = json.loads(cli("estimate_cost.py", "--json", "--model", "convmixer_768_32", "--gpu", "l4").stdout)
+    cli("estimate_cost.py", "--json", str(tmp_path / "l4.json"), "--model", "convmixer_768_32", "--gpu", "l4")
+    rows = json.loads((tmp_path / "l4.json").read_text())
     assert rows[0]["gpu"] == "l4" and rows[0]["precision"] == "bf16" and rows[0]["hours"] > 0
     report = cli("estimate_cost.py", "--reproduce-report").stdout
     assert "7.5e+18" in report and "| 417 |" in report and "Corrected" in report

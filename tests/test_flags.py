@@ -63,15 +63,17 @@ def test_precision_is_one_of_its_choices_everywhere(name, capsys):
     assert line.startswith(f"{name}: ") and "--precision" in line and "'fp8'" in line and "bf16" in line
 
 
-def test_old_spellings_still_work_and_warn_in_one_line(capsys):
-    common = ["--gpu", "t4", "--model", "convmixer_256_8", "--json"]
-    rc, new, err = run("estimate_cost", ["--num-images", "5000", "--batch-size", "32", *common], capsys)
+def test_old_spellings_still_work_and_warn_in_one_line(capsys, tmp_path):
+    common = ["--gpu", "t4", "--model", "convmixer_256_8"]
+    rc, new, err = run("estimate_cost", ["--num-images", "5000", "--batch-size", "32", *common, "--json",
+                                         str(tmp_path / "new.json")], capsys)
     assert rc == 0 and err == ""
-    rc, old, err = run("estimate_cost", ["--images", "5000", "--batch", "32", *common], capsys)
-    assert rc == 0 and old == new
+    rc, old, err = run("estimate_cost", ["--images", "5000", "--batch", "32", *common, "--json",
+                                         str(tmp_path / "old.json")], capsys)
+    assert rc == 0 and (tmp_path / "old.json").read_text() == (tmp_path / "new.json").read_text()
     assert err.splitlines() == ["estimate_cost: --images is deprecated; use --num-images",
                                 "estimate_cost: --batch is deprecated; use --batch-size"]
-    [row] = json.loads(new)
+    [row] = json.loads((tmp_path / "new.json").read_text())
     assert row["train_images"] == 5000 and row["batch"] == 32
     rc, _, err = run("estimate_cost", ["--batch", "many"], capsys)  # the old spelling is checked as the new one
     assert rc == 2 and "invalid positive value: 'many'" in err.strip().splitlines()[-1]
@@ -82,7 +84,7 @@ def schedule(argv: list[str]) -> list[int]:
     return est.schedule_of(est.parse_args(argv))
 
 
-def test_progressive_is_train_pys_syntax_sized_as_the_trainer_sizes_it(capsys):
+def test_progressive_is_train_pys_syntax_sized_as_the_trainer_sizes_it(capsys, tmp_path):
     ramp = {"start": 160, "until": 0.75}
     sizes = schedule(["--epochs", "12", "--progressive", "{start: 160, until: 0.75}"])
     trainer = [image_size_at(TrainConfig(epochs=12, image_size=224, progressive=ramp), e) for e in range(12)]
@@ -93,8 +95,9 @@ def test_progressive_is_train_pys_syntax_sized_as_the_trainer_sizes_it(capsys):
 
     # the planner is handed that schedule: it costs the sizes the trainer visits, epoch by epoch
     rc, out, _ = run("estimate_cost", ["--plan", "--model", "convmixer_768_32", "--gpu", "t4", "--epochs", "12",
-                                       "--progressive", "{start: 160, until: 0.75}", "--json"], capsys)
-    [row] = json.loads(out)
+                                       "--progressive", "{start: 160, until: 0.75}", "--json",
+                                       str(tmp_path / "plan.json")], capsys)
+    [row] = json.loads((tmp_path / "plan.json").read_text())["convmixer_768_32"]
     assert rc == 0 and row["sizes"] == list(dict.fromkeys(trainer)) and set(row["per_size"]) == {"160", "192", "224"}
 
 

@@ -83,14 +83,15 @@ def test_loader_rates_and_sizes_beyond_the_measured(tmp_path):
         plan.load_loader_rates(f)
 
 
-def test_plan_cli_for_every_imagenet_variant():
+def test_plan_cli_for_every_imagenet_variant(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "estimate_cost.py"), "--plan", "--epochs", "8",
-                          "--progressive", "128:160:192:224", "--cores", "4", "--json"],
+                          "--progressive", "128:160:192:224", "--cores", "4", "--json", str(tmp_path / "plan.json")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    models = json.loads("[" + out.stdout.replace("]\n\n[", "],\n[") + "]")
+    models = json.loads((tmp_path / "plan.json").read_text())
     assert len(models) == 3
-    for rows in models:
+    assert f"Loader rates per core: {ROOT / 'bench/results/loaders-cpu2.json'}" in out.stdout
+    for rows in models.values():
         t4 = next(r for r in rows if r["gpu"] == "t4")
         assert t4["fits"] and t4["micro_batch"] * t4["accum_steps"] == 64
         assert t4["hours_range"][0] < t4["hours"] < t4["hours_range"][1] and set(t4["per_size"]) == {"128", "160", "192", "224"}

@@ -3,7 +3,7 @@
 
 Examples:
   tools/estimate_cost.py                                     # ImageNet-100, 100 epochs, T4/L4/A100/H100
-  tools/estimate_cost.py --model convmixer_768_32 --gpu t4 --epochs 150 --json
+  tools/estimate_cost.py --model convmixer_768_32 --gpu t4 --epochs 150 --json runs/cost-t4.json
   tools/estimate_cost.py --calibration runs/calib-t4/calibration.json --gpu t4
   tools/estimate_cost.py --reproduce-report                  # the report's Table 2, then the corrected one
   tools/estimate_cost.py --memory                            # training memory and the largest micro-batch
@@ -11,6 +11,9 @@ Examples:
 
 --progressive takes what `tools/train.py --set progressive=...` takes: the size ramps from `start`
 to --image-size by `until` x the epochs, in steps of 32 px, epoch by epoch as the trainer does.
+
+--plan reads the loader rates per CPU core from --loader-results (default: the committed
+bench/results/loaders-cpu2.json) and names the file it read under its table.
 
 Conventions: a multiply-add is 2 FLOPs; model FLOPs count every conv (depthwise included) and
 the classifier, forward + backward. Efficiencies: --calibration FILE, else the calibration
@@ -40,6 +43,7 @@ from fastmix.perf.memory import RECIPE_EXTRAS  # noqa: E402
 MODELS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
 GPUS = ["t4", "l4", "a100-40gb", "h100"]
 LOADER_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "loaders-cpu2.json"
+JSON_SWITCH = "\0switch"  # what --json holds when given without a path (refused: it was a switch)
 
 
 def parse_args(argv=None):
@@ -54,7 +58,9 @@ def parse_args(argv=None):
                    help="auto (bf16 where the GPU has bf16 tensor cores, else fp16), fp32, fp16, bf16")
     p.add_argument("--calibration", help="calibration.json from tools/profile_gpu.py")
     p.add_argument("--catalog", help="YAML merged over fastmix/devices/gpus.yaml (prices, new GPUs)")
-    p.add_argument("--json", action="store_true", help="JSON instead of a markdown table")
+    p.add_argument("--json", metavar="PATH", nargs="?", const=JSON_SWITCH,
+                   help="also write the rows as JSON to PATH (as tools/evaluate.py --json); the table still prints")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--reproduce-report", action="store_true",
                    help="the reference report's Table 2 under its own convention, next to the corrected one")
     p.add_argument("--memory", action="store_true", help="training memory per micro-batch and what fits")
@@ -63,12 +69,21 @@ def parse_args(argv=None):
     p.add_argument("--progressive", metavar="YAML", help="progressive resizing as in train.py's --set progressive=..., "
                    "e.g. '{start: 160, until: 0.75}' (--plan)")
     p.add_argument("--cores", type=cli.positive, default=os.cpu_count(), help="CPU cores for the loader (default: this machine's)")
-    p.add_argument("--loader-results", default=str(LOADER_RESULTS), help="bench.loaders JSON with per-core rates")
+    p.add_argument("--loader-results", default=str(LOADER_RESULTS),
+                   help="bench.loaders JSON with per-core rates (default: bench/results/loaders-cpu2.json)")
     p.add_argument("--ema", action="store_true", help="count an EMA copy of the weights (--plan)")
     # old spellings, hidden: --images is a folder of photos everywhere else, --batch is --batch-size
     alias(p, "--images", "--num-images")
     alias(p, "--batch", "--batch-size")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.json == JSON_SWITCH:  # the old switch: JSON on stdout
+        p.error("--json takes a file path now, as in tools/evaluate.py: --json runs/cost.json "
+                "(the table still prints)")
+    if a.json and (a.reproduce_report or a.memory):
+        p.error("--json writes the cost table's or --plan's rows; --reproduce-report and --memory print tables only")
+    if a.json and Path(a.json).exists() and not a.overwrite:
+        p.error(f"--json {a.json}: exists; pass --overwrite to replace it")
+    return a
 
 
 precision_for = plan.precision_for
@@ -108,17 +123,18 @@ def old_progressive(args) -> list[int]:
     return plan.epoch_sizes(args.epochs, sizes)
 
 
-def run_plan(args, catalog, eff) -> str:
+def run_plan(args, catalog, eff) -> tuple[str, dict]:
+    """The plan's tables (the loader file they read named under them) and its rows per model."""
     rates = plan.load_loader_rates(args.loader_results)
     gpus = [catalog[k] for k in (args.gpu or [k for k in catalog if k != "cpu"])]
-    out = []
+    out, rows_of = [], {}
     for model in args.model or MODELS:
         schedule = schedule_of(args)
-        rows = plan.plan_run(model, args.epochs, [], gpus, batch=args.batch_size, precision=args.precision,
-                             train_images=args.num_images, eff=eff, cores=args.cores, loader_rates=rates, ema=args.ema,
-                             schedule=schedule)
-        out.append(json.dumps(rows, indent=2) if args.json else f"## {model}\n\n" + plan.markdown(rows))
-    return "\n\n".join(out)
+        rows_of[model] = plan.plan_run(model, args.epochs, [], gpus, batch=args.batch_size, precision=args.precision,
+                                       train_images=args.num_images, eff=eff, cores=args.cores, loader_rates=rates,
+                                       ema=args.ema, schedule=schedule)
+        out.append(f"## {model}\n\n" + plan.markdown(rows_of[model]))
+    return "\n\n".join(out) + "\n\n" + plan.loader_source(args.loader_results), rows_of
 
 
 def cost_rows(args, catalog, eff) -> list[dict]:
@@ -193,15 +209,20 @@ def main(argv=None) -> int:
         if unknown:
             raise KeyError(f"unknown GPU {unknown}; catalog keys: {sorted(catalog)}")
         if args.plan:
-            print(run_plan(args, catalog, eff))
+            table, rows = run_plan(args, catalog, eff)
         elif args.reproduce_report:
-            print(report(args, catalog, eff))
+            table, rows = report(args, catalog, eff), None
         elif args.memory:
-            print(memory(args, catalog))
+            table, rows = memory(args, catalog), None
         else:
             rows = cost_rows(args, catalog, eff)
-            print(json.dumps(rows, indent=2) if args.json else markdown(rows))
-    except (FileNotFoundError, ValueError, KeyError) as e:
+            table = markdown(rows)
+        print(table)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+            print(f"wrote {args.json}")
+    except (OSError, ValueError, KeyError) as e:
         print(f"estimate_cost: {e}", file=sys.stderr)
         return 2
     return 0

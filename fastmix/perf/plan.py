@@ -58,6 +58,17 @@ def load_loader_rates(path: str | Path) -> dict[str, dict[int, float]]:
     return rates
 
 
+def loader_source(path: str | Path) -> str:
+    """One line naming the bench.loaders file the loader columns come from, and what it measured on."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return f"Loader rates per core: {path}."
+    on = ", ".join(str(x) for x in (data.get("device"), f"{data['cpu_count']} cores" if data.get("cpu_count") else None,
+                                    data.get("measured_at")) if x)
+    return f"Loader rates per core: {path}" + (f" ({on})." if on else ".")
+
+
 def per_core_rate(rates: dict[int, float], size: int) -> float:
     """The rate measured at the smallest size >= `size` (larger images decode and resize no
     faster); beyond the largest measured size, that size's rate scaled by pixel count."""
