@@ -1,6 +1,6 @@
 """GPU proof in one command: measure and exercise every GPU path of fastmix within a time budget.
 
-    python -m bench.gpu --out bench/results/gpu-<name> [--budget-s 420] [--images DIR] [--small-images DIR|TGZ]
+    python -m bench.gpu --out bench/results/gpu-<name> [--budget-s 500] [--images DIR] [--small-images DIR|TGZ]
     python -m bench.gpu --smoke --out /tmp/gpu-smoke     # the same code paths on a CPU, tiny
     python -m bench.gpu.lent --images DIR                # on a lent machine: results into $OUT (docs/gpu.md)
 
@@ -25,22 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from bench.cli import alias  # noqa: E402
-from bench.gpu import feed, report, runs, steps  # noqa: E402
+from bench.gpu import feed, plan, report, runs, steps  # noqa: E402
 from bench.gpu.children import compile_cache_env  # noqa: E402
 from bench.gpu.runner import Phase, Suite, write_json  # noqa: E402
 
-# The plan: (phase, seconds on an H200, seconds for --smoke on a 2-core CPU). Sums: 410 s and ~90 s.
-PHASES = [
-    Phase("environment", steps.environment, 5, 2, "GPU, driver, CUDA/cuDNN, package versions, CPU, NVML"),
-    Phase("ceilings", steps.ceiling_phase, 5, 2, "8192^2 matmul in bf16 and fp16, 1 GiB device copy"),
-    Phase("matrix", steps.matrix, 60, 6, "3 variants x {NCHW, channels_last} x {bf16, fp16+GradScaler}, batch 64, 224 px"),
-    Phase("memory", steps.memory, 20, 1, "predicted training memory (less the CUDA context) vs max_memory_allocated"),
-    Phase("cost", steps.cost, 10, 3, "calibrate on one cell, predict the others, write calibration.json"),
-    Phase("loaders", feed.loaders, 60, 30, "every loader that imports here, one child each, vs training rates", True),
-    Phase("t4_fit", runs.t4_fit, 120, 20, "the t4 recipe with torch capped at a T4's 15 GB: fits or OOM, peak reserved, img/s", True),
-    Phase("end_to_end", runs.end_to_end, 70, 15, ">= 100 updates of 768/32 via tools/train.py, NVML over steady steps, loader wait", True),
-    Phase("compiled", steps.compiled, 60, 10, "torch.compile of each variant's faster eager cell"),
-]
+# The plan (bench/gpu/plan.py: planned seconds and what each phase measures) with each phase's code.
+RUNS = {"environment": steps.environment, "ceilings": steps.ceiling_phase, "matrix": steps.matrix,
+        "memory": steps.memory, "cost": steps.cost, "loaders": feed.loaders, "t4_fit": runs.t4_fit,
+        "end_to_end": runs.end_to_end, "compiled": steps.compiled}
+WITH_CHILDREN = {"loaders", "t4_fit", "end_to_end"}  # the parent frees its CUDA memory before these
+PHASES = [Phase(name, RUNS[name], gpu_s, smoke_s, what, name in WITH_CHILDREN) for name, gpu_s, smoke_s, what in plan.PLAN]
 VARIANTS = ["convmixer_768_32", "convmixer_1536_20", "convmixer_1024_20_ks9_p14"]
 
 
@@ -87,7 +81,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for gpu.json, summary.md, PNGs (work/ holds scratch)")
-    p.add_argument("--budget-s", type=float, help="wall-clock budget (default 420; 60 with --smoke)")
+    p.add_argument("--budget-s", type=float, help=f"wall-clock budget in seconds (default {plan.BUDGET_S:.0f}; "
+                                                  f"{plan.SMOKE_BUDGET_S:.0f} with --smoke)")
     p.add_argument("--images", help="flat folder of real <wnid>_*.JPEG photos (converted here)")
     p.add_argument("--data", help="an already converted folder (train + val) instead of --images")
     p.add_argument("--small-images", help="64 px <wnid>_*.JPEG photos (a folder, or a Tiny ImageNet .tar.gz) "
@@ -121,10 +116,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     ctx = Context(out, device, a.smoke, a.images, a.data, a.repeats, a.small_images)
     os.environ.update(compile_cache_env(ctx.work))  # the parent's compiles share the children's cache
-    budget = a.budget_s if a.budget_s is not None else (120.0 if a.smoke else 420.0)
+    budget = a.budget_s if a.budget_s is not None else (plan.SMOKE_BUDGET_S if a.smoke else plan.BUDGET_S)
     left = budget - (time.monotonic() - STARTED)
     suite = Suite([ph for ph in PHASES if ph.name in wanted], ctx, out, left, a.smoke, write=outputs(out),
-                  reserve_s=min(15.0, 0.1 * budget))  # for the charts and the last writes
+                  reserve_s=plan.reserve_s(budget))  # for the charts and the last writes
     suite.record["suite"]["budget_s"] = budget
     record = suite.run()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second TERM while drawing charts ends the run

@@ -14,9 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from .procs import new_tag, stop_tagged
 from .runner import STOPPED_AT_DEADLINE, Stop, disarm
 
 ROOT = Path(__file__).resolve().parents[2]
+CHILD_TAG = "BENCH_GPU_CHILD"  # in each child's environment: finds its descendants in sessions of their own
 
 
 def compile_cache_env(work: Path) -> dict[str, str]:
@@ -47,34 +49,39 @@ def run_child(ctx, name: str, cmd: list[str], timeout: float | None = None) -> t
     if limit <= 0:
         raise Stop(STOPPED_AT_DEADLINE)
     log = Path(ctx.work) / f"{name}.log"
+    tag = new_tag()
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env(ctx.work),
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**child_env(ctx.work), CHILD_TAG: tag}, start_new_session=True)
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            kill_group(proc, tag)
             if timeout is None or time_left(ctx) <= timeout:
                 raise Stop(STOPPED_AT_DEADLINE) from None
             code = -9
         except BaseException:  # the phase is stopped (deadline, SIGTERM): the child goes with it
             disarm()  # else a retry every 0.5 s cuts kill_group's 3 s grace before the SIGKILL
-            kill_group(proc)
+            kill_group(proc, tag)
             raise
     return code, tail(log)
 
 
-def kill_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+def kill_group(proc: subprocess.Popen, tag: str | None = None, grace_s: float = 3.0) -> None:
+    """SIGTERM the child's group, SIGKILL it after grace_s; then SIGKILL whatever carries the child's
+    tag (descendants that started sessions of their own, which no signal to the group reaches)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             proc.wait(timeout=grace_s)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    if tag:
+        stop_tagged(CHILD_TAG, tag)
 
 
 def tail(path: Path, chars: int = 3000) -> str:

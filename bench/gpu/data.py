@@ -11,6 +11,8 @@ their verdicts are then labelled `synthetic` wherever they are reported (`images
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import sys
@@ -31,6 +33,13 @@ def images_label(ctx, small: bool = False) -> str:
     if small:
         return "photos" if ctx.small_images else "synthetic"
     return "photos" if ctx.images else ("converted folder (--data)" if ctx.data else "synthetic")
+
+
+def data_classes(ctx) -> int:
+    """The class count of the converted data the training children read (their model's head size);
+    100 (the profiler's default) before anything was converted."""
+    classes = (Path(ctx.data) if ctx.data else ctx.work / "data") / "classes.json"
+    return len(json.loads(classes.read_text())) if classes.is_file() else 100
 
 
 def find_photos(src: str, work: Path, limit: int | None = None) -> list[Path]:
@@ -88,8 +97,10 @@ def prepare_data(ctx, small: bool = False) -> Path:
     src = ctx.work / f"src-{name}"
     photos_dir = ctx.small_images if small else ctx.images
     if photos_dir:
-        link_photos(find_photos(photos_dir, ctx.work, SMALL_LIMIT if small else None), src,
-                    2 if small else ctx.repeat)
+        photos = find_photos(photos_dir, ctx.work, SMALL_LIMIT if small else None)
+        # small photos: linked up to ~SMALL_LIMIT (150 photos -> 14 copies each; --smoke: 2)
+        repeat = (2 if ctx.smoke else max(2, math.ceil(SMALL_LIMIT / len(photos)))) if small else ctx.repeat
+        link_photos(photos, src, repeat)
     else:
         from fastmix.data.synth import write_imagefolder
         # enough for ~10 updates an epoch at batch 64 on a GPU (100 updates must not mean 100 epochs)

@@ -21,19 +21,25 @@ from .data import SMALL_SIZE, images_label, prepare_data
 from .steps import fastest_eager
 
 GPU_LOADERS = ["nvjpeg", "dali-gpu", "dali-cpu", "opencv", "ffcv", "pil-wds", "resident", "synthetic"]
-CPU_LOADERS = ["nvjpeg", "pil-wds", "resident", "synthetic"]  # a CPU: no DALI rows (slow to import, measured on GPUs)
+CPU_LOADERS = ["nvjpeg", "pil-wds", "resident", "synthetic"]  # what a CPU run measures (the rest: GPU machines)
 SMALL_LOADERS = ["nvjpeg", "opencv", "ffcv", "pil-wds"]  # the 64 px photos: decoders, not the ceiling
 
 
 def loader_backends(ctx, wanted: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The backends to measure here, and why the others are skipped."""
-    wanted = wanted or (GPU_LOADERS if ctx.device.type == "cuda" else CPU_LOADERS)
+    """The backends to measure here, and why the others are skipped. A CPU run measures CPU_LOADERS
+    and lists the GPU machine's other rows as skipped: why they would not import, else that a CPU
+    run does not measure them."""
+    cpu = ctx.device.type != "cuda" and wanted is None
+    wanted = wanted or GPU_LOADERS
     skipped = {b: why for b in wanted if (why := unavailable(b))}
+    if cpu:
+        skipped.update({b: "not measured by a CPU run (the GPU machine measures it)" for b in wanted if b not in CPU_LOADERS and b not in skipped})
     return [b for b in wanted if b not in skipped], skipped
 
 
 def measure_rows(ctx, data: Path, backends: list[str], size: int, tag: str) -> list[dict]:
-    rows = ctx.partial.setdefault("rows", [])
+    """One row per backend at `size` px; each set of rows (tag) is its own list, kept in ctx.partial."""
+    rows = ctx.partial.setdefault(f"{tag}_rows", [])
     for k, backend in enumerate(backends):
         share = time_left(ctx) / (len(backends) - k)  # a hanging loader loses its row only
         out = ctx.work / f"loader-{tag}-{backend}.json"

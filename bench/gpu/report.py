@@ -133,9 +133,9 @@ def charts(record: dict, out: Path) -> list[str]:
         save(fig, "matrix.png")
     for name, xkey, ykey, title in (("memory", "measured_gb", "predicted_gb", "Training memory (GB)"),
                                     ("cost", "measured_s", "predicted_s", "Step time (s)")):
-        if ph.get(name, {}).get("status") != "ok":
+        rows = ph.get(name, {}).get("result", {}).get("rows") if ph.get(name, {}).get("status") == "ok" else None
+        if not rows:  # e.g. memory on a GPU where no cell reported its peak
             continue
-        rows = ph[name]["result"]["rows"]
         fig, ax = plt.subplots(figsize=(5.5, 5))
         top = max(max(r[xkey], r[ykey]) for r in rows) * 1.15
         ax.plot([0, top], [0, top], "k--", lw=0.8)

@@ -1,5 +1,7 @@
 """Training runs in child processes: the T4 fit and the end-to-end run, through tools/train.py.
 
+t4_fit compiles each variant's graph as the t4 recipe trains it; end_to_end (768/32, the t4 recipe)
+and the compiled phase (bench.gpu.steps) use the same graphs, so only t4_fit's compiles are cold.
 Children take the memory layout from the matrix phase's measured winner at their precision
 (`--channels-last on|off`): no compiled channels_last probe in a child, so each child compiles
 its model once, and inductor's on-disk cache (bench.gpu.children) is shared by all of them.
@@ -15,13 +17,13 @@ from fastmix.devices.telemetry import Telemetry
 from loaders import unavailable
 
 from .children import run_child
-from .data import images_label, prepare_data
+from .data import data_classes, images_label, prepare_data
 from .steady import StepWatcher
-from .steps import fastest_eager
 
 # A T4 shows 15,109 MiB (15.8 GB); its CUDA context takes ~0.4 GB outside torch's allocator. The cap
 # binds torch's allocator only: DALI's pools and nvJPEG's buffers come on top (the report says so).
 T4_USABLE_GB = 15.0
+SMOKE_MICRO_BATCH = 4  # smoke_sets' --micro-batch
 SMOKE_COMPILE_BACKEND = "aot_eager"  # dynamo + AOT autograd, without inductor's minutes of C++ on a CPU
 
 
@@ -85,14 +87,14 @@ def smoke_sets(ctx) -> list[str]:
         return []
     return ["--device", "cpu", "--precision", "fp32", "--set", "image_size=32",
             "--set", "model_overrides={dim: 32, depth: 2, kernel: 5, patch: 4}", "--batch-size", "8",
-            "--micro-batch", "4", "--set", "workers=2"]
+            "--micro-batch", str(SMOKE_MICRO_BATCH), "--set", "workers=2"]
 
 
 def t4_fit(ctx) -> dict:
-    """The t4 recipe (fp16 + GradScaler, its micro-batches, loader, EMA and compile) in a T4's memory."""
+    """The t4 recipe (fp16 + GradScaler, its micro-batches, loader and compile; no EMA) in a T4's memory."""
     data = prepare_data(ctx)
     backend = "nvjpeg" if unavailable("dali") else "dali"
-    precision = "fp32" if ctx.smoke else "fp16"
+    precision = t4_precision(ctx)
     rows = ctx.partial.setdefault("rows", [])
     for model in ctx.t4_variants:
         layout, source = measured_layout(ctx, model, precision)
@@ -114,28 +116,44 @@ def t4_fit(ctx) -> dict:
                      "img/s here is this GPU's, not a T4's"}
 
 
+def t4_precision(ctx) -> str:
+    return "fp32" if ctx.smoke else "fp16"  # the t4 recipe's; a CPU has no fp16 arithmetic
+
+
+def t4_configuration(ctx, model: str) -> dict:
+    """What t4_fit's child trains `model` with, so the graph it compiles: precision, micro-batch (the
+    one the child used, else the recipe's), the matrix's layout, the converted data's class count."""
+    from fastmix.train.recipe import load_recipe
+    precision = t4_precision(ctx)
+    rows = ctx.results.get("t4_fit", {}).get("result", {}).get("rows", [])
+    used = next((r["micro_batch"] for r in rows if r.get("model") == model and r.get("micro_batch")), None)
+    batch = SMOKE_MICRO_BATCH if ctx.smoke else used or load_recipe("t4", model=model).micro_batch_size
+    layout, _ = measured_layout(ctx, model, precision)
+    return {"model": model, "precision": precision, "layout": "channels_last" if layout == "on" else "nchw",
+            "batch": batch, "num_classes": data_classes(ctx)}
+
+
 def end_to_end(ctx) -> dict:
-    """>= 100 updates of convmixer_768_32 through tools/train.py: best GPU loader, compile, best layout;
-    NVML summarised over the steady step windows only."""
+    """>= 100 updates of convmixer_768_32 with the t4 recipe (the graph t4_fit compiled: warm in
+    inductor's cache) through tools/train.py, the fastest GPU loader; NVML over the steady step windows
+    only. The step log streams into ctx.partial, so a stopped run keeps the updates it logged."""
     data = prepare_data(ctx)
     manifest = json.loads((data / "manifest.json").read_text())
     model = ctx.variants[0]
-    best = fastest_eager(ctx, model)
-    batch = 8 if ctx.smoke else ctx.batch
+    batch = 8 if ctx.smoke else ctx.batch  # the t4 recipe's batch (64), in micro-batches of its own
     per_epoch = max(1, manifest["splits"]["train"]["written"] // batch)
     epochs = math.ceil(ctx.e2e_updates / per_epoch)
     log_every = 2 if ctx.smoke else 10  # each log line reads the device: a host sync per 10 updates at most
-    args = ["--recipe", "h100", "--model", model, "--data", str(data), "--backend", gpu_loader(ctx),
-            "--epochs", str(epochs), "--set", f"log_every={log_every}", "--micro-batch", str(batch),
-            "--batch-size", str(batch)]
-    precision = best["precision"] if best else ("fp32" if ctx.smoke else "bf16")
-    layout, source = measured_layout(ctx, model, precision)
-    args += ["--precision", precision, "--channels-last", layout, *smoke_sets(ctx)]
+    layout, source = measured_layout(ctx, model, t4_precision(ctx))
+    args = ["--recipe", "t4", "--model", model, "--data", str(data), "--backend", gpu_loader(ctx),
+            "--epochs", str(epochs), "--set", f"log_every={log_every}", "--channels-last", layout, *smoke_sets(ctx)]
     steps_file = ctx.work / "e2e" / "steps.jsonl"
     steps_file.unlink(missing_ok=True)
-    with Telemetry(ctx.device.index or 0) as tel, StepWatcher(steps_file) as watcher:
+    watcher = StepWatcher(steps_file)
+    ctx.partial = {"model": model, "layout_from": source, "log_every": log_every, "steps": watcher.records}
+    with Telemetry(ctx.device.index or 0) as tel, watcher:
         r = train_run(ctx, "e2e", args)
-    steps = [rec for _, rec in watcher.lines]
+    steps = watcher.records
     last = max((s["update"] for s in steps), default=0)
     steady = [s for s in steps if s["update"] >= 0.2 * last]  # after compile and warm-up
 

@@ -18,6 +18,7 @@ class StepWatcher:
     def __init__(self, path: Path, interval_s: float = 0.05):
         self.path, self.interval = Path(path), interval_s
         self.lines: list[tuple[float, dict]] = []
+        self.records: list[dict] = []  # the same lines without their arrival: grows while the child runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steps-watcher", daemon=True)
         self._offset, self._partial = 0, ""
@@ -35,6 +36,7 @@ class StepWatcher:
         for line in text.splitlines():
             if line.strip():
                 self.lines.append((now, json.loads(line)))
+                self.records.append(self.lines[-1][1])
 
     def _run(self) -> None:
         while not self._stop.is_set():

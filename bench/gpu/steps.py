@@ -54,14 +54,15 @@ def _peak_memory_reset(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = False, batch: int | None = None) -> dict:
+def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = False, batch: int | None = None,
+                 num_classes: int = 100) -> dict:
     """One cell: img/s, median and p10/p90 step time, TFLOP/s, MFU (catalog peak and measured
     matmul ceiling), peak memory; with compile, the first step's extra time is the compile time."""
     batch = batch or ctx.batch
     if precision == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return {"skipped": "no bf16 on this GPU"}
     _peak_memory_reset(ctx.device)
-    spec = ProfileSpec(model, batch, ctx.image_size, precision, LAYOUTS[layout], compile_)
+    spec = ProfileSpec(model, batch, ctx.image_size, precision, LAYOUTS[layout], compile_, num_classes)
     step, _ = build_step(spec, ctx.device)
     t0 = time.perf_counter()
     step()  # pays compilation (and cuDNN autotuning) once
@@ -72,10 +73,11 @@ def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = 
     times, _ = time_steps(step, ctx.device, ctx.steps, ctx.warmup)
     median = statistics.median(times)
     qs = statistics.quantiles(times, n=10) if len(times) > 1 else [median] * 9
-    flops = batch * totals(convmixer_ops(model, ctx.image_size, 100)).train_model_flops
+    flops = batch * totals(convmixer_ops(model, ctx.image_size, num_classes)).train_model_flops
     dev = catalog_device(ctx)
     ceiling = ctx.results.get("ceilings", {}).get("result", {}).get(precision, {}).get("matmul_tflops")
     cell = {"model": model, "layout": layout, "precision": precision, "compile": compile_, "batch": batch,
+            "num_classes": num_classes,
             "image_size": ctx.image_size, "images_per_s": batch / median, "median_s": median, "p10_s": qs[0],
             "p90_s": qs[-1], "achieved_tflops": flops / median / 1e12, "first_step_s": first_s,
             "mfu_catalog": flops / median / (dev.peak_tflops(precision) * 1e12) if dev and dev.supports(precision) else None,
@@ -92,12 +94,8 @@ def measure_cell(ctx, model: str, layout: str, precision: str, compile_: bool = 
 def _cells(ctx, compile_: bool, which) -> list[dict]:
     out = ctx.partial.setdefault("cells", [])  # a phase stopped at its deadline keeps these
     for model, layout, precision in which:
-        try:
-            out.append(measure_cell(ctx, model, layout, precision, compile_))
-        except Exception as e:  # e.g. out of memory: this cell only
-            out.append({"model": model, "layout": layout, "precision": precision, "compile": compile_,
-                        "error": f"{type(e).__name__}: {e}"})
-            _peak_memory_reset(ctx.device)
+        out.append(_cell(ctx, {"model": model, "layout": layout, "precision": precision, "batch": ctx.batch,
+                               "num_classes": 100}, compile_))
     return out
 
 
@@ -125,17 +123,32 @@ def fastest_eager(ctx, model: str) -> dict | None:
 
 
 def compiled(ctx) -> dict:
-    """torch.compile for the faster eager layout (and precision) of each variant."""
-    which = [(c["model"], c["layout"], c["precision"]) for m in ctx.variants if (c := fastest_eager(ctx, m))]
-    if not which:
-        return {"skipped": "no eager cell was measured (matrix phase skipped or failed)"}
+    """torch.compile of each variant at the configuration t4_fit's child trained it in (precision,
+    micro-batch, measured layout, the data's class count), so the graph is the one that child left
+    in inductor's on-disk cache; eager at the same configuration gives the speed-up."""
     from .capped import compile_backend
+    from .runs import t4_configuration
+    which = [t4_configuration(ctx, m) for m in ctx.variants]
+    cells = ctx.partial.setdefault("cells", [])
     with compile_backend("aot_eager" if ctx.smoke else None):  # inductor's C++ takes minutes on a small CPU
-        cells = _cells(ctx, True, which)
-    for c in measured(cells):
-        eager = fastest_eager(ctx, c["model"])
-        c["speedup_vs_eager"] = eager["median_s"] / c["median_s"]
-    return {"headline": {f"{c['model']} compiled img/s": c["images_per_s"] for c in measured(cells)}, "cells": cells}
+        for conf in which:
+            pair = [_cell(ctx, conf, False), _cell(ctx, conf, True)]
+            if all("images_per_s" in c for c in pair):
+                pair[1]["speedup_vs_eager"] = pair[0]["median_s"] / pair[1]["median_s"]
+            cells += pair
+    done = [c for c in measured(cells) if c["compile"]]
+    return {"headline": {f"{c['model']} compiled img/s": c["images_per_s"] for c in done}, "cells": cells,
+            "configuration": "t4_fit's: " + "; ".join(f"{c['model']} {c['precision']} {c['layout']} micro-batch "
+                                                       f"{c['batch']} {c['num_classes']} classes" for c in which)}
+
+
+def _cell(ctx, conf: dict, compile_: bool) -> dict:
+    try:
+        return measure_cell(ctx, conf["model"], conf["layout"], conf["precision"], compile_, batch=conf["batch"],
+                            num_classes=conf["num_classes"])
+    except Exception as e:  # e.g. out of memory: this cell only
+        _peak_memory_reset(ctx.device)
+        return {**conf, "compile": compile_, "error": f"{type(e).__name__}: {e}"}
 
 
 def memory(ctx) -> dict:
