@@ -18,12 +18,13 @@ def test_the_rehearsal_runs_every_phase_as_the_loan_would_with_dali_and_ffcv_hid
     photos and 64 px photos converted, every phase with a child run at tiny size, and nothing of
     DALI or ffcv imported anywhere (bench/gpu/bare hides them from the suite and its children)."""
     from fastmix.data.synth import write_imagefolder
-    photos = write_imagefolder(tmp_path / "photos", 3, {"big": 2}, sizes=[(160, 120)])
+    photos = write_imagefolder(tmp_path / "photos", 3, {"big": 2}, sizes=[(160, 120)])  # x 9 train copies: 6 updates
     small = write_imagefolder(tmp_path / "small", 3, {"64": 2}, sizes=[(64, 64)])
     out = tmp_path / "results"
     # generous budget: CI machines are slow and shared (the default is the 150 s the plan is made for)
     run = subprocess.run([sys.executable, "-m", "bench.gpu.lent", "--rehearse", "--budget-s", "1500", "--out", str(out),
-                          "--images", str(photos), "--small-images", str(small)], cwd=ROOT, capture_output=True,
+                          "--images", str(photos), "--small-images", str(small),
+                          "--repeats", "10"], cwd=ROOT, capture_output=True,
                          text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "plan for a budget of 500 s (on a GPU)" in run.stdout and "DALI and ffcv hidden" in run.stdout

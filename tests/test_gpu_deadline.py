@@ -282,3 +282,13 @@ def test_a_stopped_end_to_end_keeps_the_updates_it_logged(tmp_path, monkeypatch)
     assert entry["status"] == "stopped" and entry["reason"].startswith("stopped at deadline"), entry
     assert [s["update"] for s in entry["partial"]["steps"]] == [10, 20]
     assert json.loads((tmp_path / "gpu.json").read_text())["phases"]["end_to_end"]["partial"]["steps"][1]["update"] == 20
+
+
+def test_stopping_a_suite_that_already_exited_does_not_raise():
+    """The suite ended just as the stop came: before the fix killpg's ProcessLookupError ended the
+    wrapper before anything was copied."""
+    from bench.gpu.lent import stop_suite
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    proc.wait()
+    stop_suite(proc, "no-such-run", grace_s=1)
+    assert proc.returncode == 0

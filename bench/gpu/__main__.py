@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="an already converted folder (train + val) instead of --images")
     p.add_argument("--small-images", help="64 px <wnid>_*.JPEG photos (a folder, or a Tiny ImageNet .tar.gz) "
                                           "for the loader rows at 64 px")
-    p.add_argument("--repeats", type=int, default=10, help="--images: each photo is linked this many times "
-                                                           "(9 train copies, 1 val)")
+    p.add_argument("--repeats", type=int, help="--images: each photo is linked this many times, one copy to val "
+                                               "(default 10: 150 photos give 21 updates an epoch; 2 with --smoke)")
     p.add_argument("--smoke", action="store_true", help="the same code paths on the CPU with tiny sizes")
     p.add_argument("--phases", help="comma-separated subset of: " + ", ".join(ph.name for ph in PHASES))
     alias(p, "--repeat", "--repeats")
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         if path and not Path(path).exists():
             print(f"bench.gpu: {flag} {path}: not found", file=sys.stderr)
             return 2
+    a.repeats = a.repeats if a.repeats is not None else (2 if a.smoke else 10)
     if a.repeats < 2:
         print(f"bench.gpu: --repeats {a.repeats}: at least 2 (one copy goes to val)", file=sys.stderr)
         return 2
