@@ -29,9 +29,11 @@ gpu-setup:
 	$(PY) -m pip install -q "$$($(PY) -c 'from loaders.dali import dali_package; print(dali_package()[0])')>=2.0" \
 	  -e '.[ffcv]' || echo "gpu-setup: DALI and ffcv not installed (no registry?): their loader rows are skipped"
 
+# each run trains into a new runs/cpu-smoke-convmixer_256_8/<start time>/ (runs/latest points at it),
+# so a second `make demo` trains again rather than stopping at the first one's folder
 demo: setup
 	$(PY) tools/convert_subset.py --resume --verify
-	$(PY) tools/train.py --recipe cpu-smoke --data data/demo --out runs/demo
+	$(PY) tools/train.py --recipe cpu-smoke --data data/demo
 
 test: setup
 	$(PY) -m pytest -q tests

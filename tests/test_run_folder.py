@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,3 +166,71 @@ def test_a_loader_worker_stays_quiet_when_its_parent_hangs_up(role):
     err = subprocess.run([sys.executable, "-c", HANG_UP, role], cwd=ROOT, capture_output=True, text=True,
                          timeout=60).stderr
     assert ("BrokenPipeError" in err or "ConnectionResetError" in err) == (role == "plain"), err
+
+
+def test_runs_without_out_never_collide_and_resume_continues_the_latest(flat_converted, tmp_path, capsys, monkeypatch):
+    """Before: the second run of a recipe and model was refused (the one default folder)."""
+    data, _, _ = flat_converted
+    monkeypatch.chdir(tmp_path)
+    argv = [*TINY, "--data", str(data), "--epochs", "1"]
+    for _ in range(2):
+        assert train_tool.main(argv) == 0, capsys.readouterr().err
+    base = tmp_path / "runs" / "cpu-smoke-convmixer_256_8"
+    runs = sorted(base.iterdir())
+    assert len(runs) == 2 and all((r / "last.pt").is_file() for r in runs)
+    assert re.fullmatch(r"\d{8}-\d{6}(-\d+)?", runs[-1].name)
+    latest = tmp_path / "runs" / "latest"
+    assert latest.resolve() == runs[-1].resolve()
+    assert f"run folder: runs/cpu-smoke-convmixer_256_8/{runs[-1].name}" in capsys.readouterr().out
+    # evaluate's help example names a checkpoint that a run without --out leaves
+    example = re.search(r"tools/evaluate.py --checkpoint (\S+)", (ROOT / "tools/evaluate.py").read_text()).group(1)
+    assert (tmp_path / example).is_file(), example
+
+    runs[0].joinpath("last.pt").touch()  # newer on disk, older by name: the name decides
+    rc = train_tool.main([*TINY, "--data", str(data), "--epochs", "2", "--resume", "--allow-changes"])
+    assert rc == 0, capsys.readouterr().err
+    with open(runs[-1] / "epochs.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    assert len(list(base.iterdir())) == 2  # no third folder
+
+    # --out stays exact; --resume with no run of this recipe and model says so in one line
+    rc = train_tool.main([*TINY, "--data", str(data), "--epochs", "1", "--model", "convmixer_768_32", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "runs/cpu-smoke-convmixer_768_32" in err, err
+    assert not (tmp_path / "runs" / "cpu-smoke-convmixer_768_32").exists()
+
+
+def test_latest_link_falls_back_to_a_file_and_leaves_foreign_things_alone(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "r" / "20260101-000000"
+    run.mkdir(parents=True)
+    link = tmp_path / "runs" / "latest"
+    assert runfolder.point_latest(link, run) is None and link.is_symlink()
+    assert runfolder.read_latest(link).resolve() == run.resolve()
+    monkeypatch.setattr(os, "symlink", lambda *a, **k: (_ for _ in ()).throw(OSError("no symlinks here")))
+    assert runfolder.point_latest(link, run) is None and link.is_file() and not link.is_symlink()
+    assert runfolder.read_latest(link).resolve() == run.resolve()
+    link.unlink()
+    link.mkdir()  # the user's own folder named latest
+    assert "left as it is" in runfolder.point_latest(link, run) and link.is_dir()
+
+
+def test_a_budget_resume_with_other_epochs_is_listed_and_applied(flat_converted, tmp_path, capsys):
+    """A time budget chose 1 epoch; --resume --epochs 2 --allow-changes ran 1 epoch and said
+    "done", with the change neither applied nor reported. Now it is a change like any other."""
+    data, _, _ = flat_converted
+    out = tmp_path / "run"
+    budget = ["--set", "time_budget_min=0.001"]
+    rc, _, err = train(capsys, data, out, "--epochs", "3", *budget)
+    assert rc == 0, err
+    assert torch.load(out / "last.pt", weights_only=True)["config"]["epochs"] == 1
+    rc, _, err = train(capsys, data, out, "--epochs", "2", *budget, "--resume")
+    assert rc == 1 and "epochs: 1 -> 2" in err and "--allow-changes" in err, err
+    with pytest.warns(UserWarning, match="epochs: 1 -> 2"):
+        rc, _, err = train(capsys, data, out, "--epochs", "2", *budget, "--resume", "--allow-changes")
+    assert rc == 0, err
+    with open(out / "epochs.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    # the recipe's epochs again: the budget's choice is kept, nothing to list
+    rc, _, err = train(capsys, data, tmp_path / "again", "--epochs", "3", *budget)
+    rc, _, err = train(capsys, data, tmp_path / "again", "--epochs", "3", *budget, "--resume")
+    assert rc == 0 and "epochs" not in err, err

@@ -8,7 +8,7 @@ internet). A 1000-way ImageNet-1k head on an ImageNet subset is mapped onto the 
 size / crop-ratio, center crop), through any loader backend.
 
 Examples:
-  tools/evaluate.py --checkpoint runs/cifar10/best.pt --data data/cifar10
+  tools/evaluate.py --checkpoint runs/latest/best.pt --data data/cifar10       # the newest tools/train.py run
   tools/evaluate.py --checkpoint convmixer_768_32.pth --model convmixer_768_32 --data data/imagenet100
   tools/evaluate.py --checkpoint timm:convmixer_1536_20.in1k --data data/imagenet1k --crop-ratio 0.96
 

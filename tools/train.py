@@ -12,18 +12,29 @@ Settings: a recipe's values, then `--set KEY=VALUE` (any TrainConfig field, a YA
 switches an option off, e.g. --set rand_augment=null), then the flags given (--epochs, ...). A flag
 and a --set of the same key that disagree are refused, not silently resolved.
 
-Run folder: --out, else <the recipe's out, or runs/<recipe>>-<model>. A folder that already holds
-a run (last.pt, best.pt or finished epochs in epochs.csv) is refused unless --resume continues it
-or --overwrite replaces it (it removes only the files the trainer writes; others are kept).
+Run folder: --out (or --set out=...) exactly as given. Without it, each run gets a folder of its
+own, BASE/<start time> (e.g. runs/cpu-smoke-convmixer_256_8/20261204-093015; BASE is <the
+recipe's out, or runs/<recipe>>-<model>), and runs/latest (next to BASE) points at it; --resume
+without --out continues the newest run under BASE that holds a last.pt. A folder that already
+holds a run (last.pt, best.pt or finished epochs in epochs.csv) is refused unless --resume
+continues it or --overwrite replaces it (it removes only the files the trainer writes).
 --resume with other settings than last.pt was saved with lists the differences and stops unless
 --allow-changes is given (out, workers and log_every may differ freely; a changed epochs, lr or
 schedule then reshapes the schedule from the update reached). Ctrl-C stops with exit code 130;
 last.pt holds the last finished epoch.
+
+Progress: on a terminal a bar; in a log file or pipe one line after each epoch's first update,
+every log_every updates and at least every progress_every_s (30) seconds. TensorBoard event files
+go to OUT/tensorboard (`--set tensorboard=false`: none).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,8 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", choices=["auto", "on", "off"], help="memory format; auto times both")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--out", help="run folder: epochs.csv, steps.jsonl, curves.png, last.pt, best.pt")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--out", help="run folder: epochs.csv, steps.jsonl, curves.png, last.pt, best.pt "
+                   "(default: a new folder per run, see above)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (without --out: the newest run of this recipe and model)")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue although settings differ from last.pt's (listed)")
     p.add_argument("--overwrite", action="store_true",
@@ -73,6 +86,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = config(args)
+        explicit, latest = args.out is not None or "out" in parse_sets(args.set), Path(cfg.out).parent / "latest"
+        cfg, created = (cfg, None) if explicit else run_folder(cfg, args.resume)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return cli.fail("train", e)
     from fastmix.train import distributed
@@ -80,6 +95,8 @@ def main(argv=None) -> int:
     trainer = None
     try:
         trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+        if not explicit and trainer.dist.is_main:
+            announce(Path(cfg.out), latest)
         summary = trainer.fit()
     except (NonFiniteLoss, FileNotFoundError, ValueError) as e:
         return cli.fail("train", e, 1)
@@ -87,10 +104,42 @@ def main(argv=None) -> int:
         return cli.fail("train", interrupted(cfg.out), 130)
     finally:
         distributed.shutdown()
+        if created is not None and trainer is None:  # a start that failed leaves no empty folder
+            with contextlib.suppress(OSError):
+                created.rmdir()
     if trainer.dist.is_main:
         from fastmix.train.runlog import final_summary
         print(final_summary(summary, cfg.out))
     return 0
+
+
+def run_folder(cfg, resume: bool):
+    """(cfg, the folder created or None) without --out: BASE is the recipe's and model's folder;
+    a new run gets BASE/<start time>, --resume the newest run under BASE. Under torchrun every rank
+    names it from torchrun's own start, so all agree (rank 0 creates it)."""
+    from fastmix.train import runfolder
+    base = Path(cfg.out)
+    if resume:
+        run = runfolder.latest_run(base)
+        if run is None:
+            raise runfolder.RunFolderError(f"{base}: no run of this recipe and model holds a last.pt to resume; "
+                                           "start one without --resume, or name its folder with --out")
+        return dataclasses.replace(cfg, out=str(run)), None
+    if "LOCAL_RANK" in os.environ:  # torchrun: its agent (our parent) started once for all ranks
+        import psutil
+        stamp = time.strftime(runfolder.STAMP, time.localtime(psutil.Process(os.getppid()).create_time()))
+        run = base / stamp
+        run.mkdir(parents=True, exist_ok=True)
+        return dataclasses.replace(cfg, out=str(run)), None
+    run = runfolder.new_run(base)
+    return dataclasses.replace(cfg, out=str(run)), run
+
+
+def announce(run: Path, link: Path) -> None:
+    """Say where the run goes and point `link` (runs/latest) at it."""
+    from fastmix.train import runfolder
+    problem = runfolder.point_latest(link, run)
+    print(f"run folder: {run}" + (f" ({problem})" if problem else f" ({link} points at it)"), flush=True)
 
 
 def interrupted(out: str) -> str:

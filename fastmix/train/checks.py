@@ -15,7 +15,7 @@ CHOICES = {"schedule": ("onecycle", "cosine"), "precision": ("auto", "fp32", "bf
            "channels_last": ("auto", "on", "off"), "compile_mode": ("default", "reduce-overhead", "max-autotune")}
 POSITIVE = ("epochs", "batch_size", "image_size", "val_image_size", "lr", "lr_base", "lr_base_batch", "opt_eps",
             "clip_grad", "crop_ratio", "log_every", "max_nonfinite", "max_steps_per_epoch", "threads",
-            "time_budget_min")
+            "time_budget_min", "progress_every_s")
 NON_NEGATIVE = ("workers", "weight_decay", "warmup_epochs", "mixup", "cutmix", "seed")
 FRACTION = ("label_smoothing", "reprob", "ema_decay")  # in [0, 1]
 

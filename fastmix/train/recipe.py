@@ -70,7 +70,9 @@ class TrainConfig:
     # run
     out: str = "runs/demo"
     seed: int = 0
-    log_every: int = 10                      # optimizer steps between JSONL lines
+    log_every: int = 10                      # optimizer steps between JSONL lines (and progress lines)
+    progress_every_s: float = 30.0           # off a terminal: the longest silence between progress lines
+    tensorboard: bool = True                 # event files in OUT/tensorboard (the `tensorboard` extra)
     max_nonfinite: int = 5                   # stop after this many non-finite losses in a row
     max_steps_per_epoch: int | None = None   # cut epochs short (smoke tests, GPU benchmarks)
 

@@ -1,10 +1,17 @@
 """A run folder is not lost by accident: a new run into a folder that holds one is refused unless
 the caller resumes it or asks to overwrite it, and overwriting removes only the trainer's own files.
 A resume with other settings than the run was saved with lists the differences and is refused
-unless the caller allows them."""
+unless the caller allows them.
+
+Without --out, tools/train.py gives each run a folder of its own, BASE/<start time> under the
+recipe's and model's BASE (new_run), points RUNS/latest at it (point_latest), and --resume
+continues the newest run under BASE that holds a checkpoint (latest_run)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +22,10 @@ TRAINER_FILES = ("last.pt", "best.pt", "last.tmp", "best.tmp", "epochs.csv", "st
                  "config.yaml", "summary.json")
 # settings that do not change what is computed: free to differ on resume (the loaders' draws
 # depend on (seed, epoch, index), not on the worker count)
-FREE_ON_RESUME = ("out", "workers", "log_every")
+FREE_ON_RESUME = ("out", "workers", "log_every", "progress_every_s", "tensorboard")
+EVENT_FILES = "tensorboard/events.out.tfevents.*"  # tblog.py
+STAMP = "%Y%m%d-%H%M%S"  # a run folder's name: its start time, sortable
+LATEST_NOTE = "fastmix latest run: "  # runs/latest as a file, where symlinks fail
 
 
 class RunFolderError(ValueError):
@@ -51,7 +61,65 @@ def clear(out: Path) -> list[str]:
         if path.is_file():
             path.unlink()
             removed.append(name)
+    for path in sorted(Path(out).glob(EVENT_FILES)):
+        path.unlink()
+        removed.append(str(path.relative_to(out)))
+    with contextlib.suppress(OSError):
+        (Path(out) / "tensorboard").rmdir()  # only if nothing else is in it
     return removed
+
+
+def new_run(base: Path, now: float | None = None) -> Path:
+    """BASE/<start time>, created here (a second run in the same second gets -2, -3, ...): two
+    runs never share a folder."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime(STAMP, time.localtime(now))
+    for k in range(1, 1000):
+        path = base / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"{base}: 999 runs started at {stamp}; choose an --out")
+
+
+def latest_run(base: Path) -> Path | None:
+    """The newest run under BASE with a checkpoint (names are start times, so they sort), else
+    BASE itself where an older fastmix trained into it directly, else None."""
+    base = Path(base)
+    runs = [p for p in base.iterdir() if p.is_dir() and (p / "last.pt").is_file()] if base.is_dir() else []
+    if runs:  # 20261204-093015 < 20261204-093015-2 < 20261204-093015-10
+        return max(runs, key=lambda p: (p.name[:15], int(p.name[16:]) if p.name[16:].isdigit() else 1))
+    return base if (base / "last.pt").is_file() else None
+
+
+def point_latest(link: Path, run: Path) -> str | None:
+    """Point `link` (runs/latest) at `run`: a relative symlink, or a one-line file where symlinks
+    fail. Something else already there is left alone; the reason is returned (else None)."""
+    link = Path(link)
+    ours = link.is_symlink() or (link.is_file() and link.read_text().startswith(LATEST_NOTE))
+    if link.exists() and not ours:
+        return f"{link} exists and is not fastmix's link; left as it is"
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    target = os.path.relpath(Path(run).resolve(), link.parent.resolve())
+    try:
+        os.symlink(target, tmp, target_is_directory=True)
+    except OSError:
+        tmp.write_text(f"{LATEST_NOTE}{target}\n")
+    os.replace(tmp, link)
+    return None
+
+
+def read_latest(link: Path) -> Path | None:
+    """The run `link` points at (symlink or file), or None."""
+    link = Path(link)
+    if link.is_symlink():
+        return link.parent / os.readlink(link)
+    if link.is_file() and link.read_text().startswith(LATEST_NOTE):
+        return link.parent / link.read_text()[len(LATEST_NOTE):].strip()
+    return None
 
 
 def changes(saved: dict, now: dict) -> list[str]:
@@ -70,11 +138,15 @@ def check_resume(path: Path, saved: dict, now: dict, allow_changes: bool) -> lis
     return diff
 
 
-def budget_chose_epochs(saved: dict, config: dict) -> bool:
-    """The saved run had the same time budget, which chose its epochs (at most the recipe's): a
-    resume keeps them rather than measuring again and changing the schedule mid-run."""
-    return bool(config.get("time_budget_min")) and saved.get("time_budget_min") == config["time_budget_min"] \
-        and saved.get("epochs", 0) <= config["epochs"]
+def budget_chose_epochs(saved: dict, config: dict, record: dict | None = None) -> bool:
+    """The saved run had the same time budget, which chose its epochs out of the same most epochs
+    (`record`'s most_epochs; in a record without it: at most the epochs asked now): a resume keeps
+    them rather than measuring again and changing the schedule mid-run. Other epochs asked now are
+    a change like any other (listed, applied with --allow-changes), not silently replaced."""
+    if not config.get("time_budget_min") or saved.get("time_budget_min") != config["time_budget_min"]:
+        return False
+    most = (record or {}).get("most_epochs")
+    return config["epochs"] == most if most is not None else saved.get("epochs", 0) <= config["epochs"]
 
 
 def read_resume(path: Path, config: dict, allow_changes: bool) -> dict:
@@ -82,7 +154,7 @@ def read_resume(path: Path, config: dict, allow_changes: bool) -> dict:
     state = checkpoint.load(path)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ValueError(f"{path}: not a fastmix checkpoint (no config)")
-    if budget_chose_epochs(state["config"], config):
+    if budget_chose_epochs(state["config"], config, state.get("time_budget")):
         config = {**config, "epochs": state["config"]["epochs"]}
     changed = check_resume(path, state["config"], config, allow_changes)
     if changed:

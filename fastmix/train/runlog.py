@@ -2,8 +2,10 @@
 console line per epoch (plain print: it reaches a log file or a pipe as well as a terminal).
 
 Epochs count from 1 everywhere: the CSV, the console and curves.png. Only rank 0 writes. On
---resume the CSV keeps the epochs already done and drops any row from an epoch that was
-interrupted after its row was written but before its checkpoint.
+--resume the CSV and steps.jsonl keep the epochs already done and drop what an epoch that was
+interrupted before its checkpoint wrote (its steps, or its row written just before the kill), so
+the resumed run's records hold each epoch once. The CSV's floats are rounded (ROUNDING) to what a
+reader can use; steps.jsonl and summary.json keep full precision.
 """
 from __future__ import annotations
 
@@ -18,6 +20,29 @@ EPOCH_FIELDS = ["epoch", "train_loss", "train_top1", "eval_loss", "top1", "top5"
 # measured times and rates: they differ between two runs that train exactly the same way
 TIMING_FIELDS = ("images_per_s", "mfu", "data_wait_share", "loader_free_images_per_s", "loader_slowdown",
                  "epoch_time_s", "wall_s")
+
+# decimals kept in epochs.csv: accuracies in % to 0.01 (one image in 10,000), losses to 1e-4,
+# shares (mfu, wait, loader cost) to 0.01 %, rates to 0.1 img/s, times to 0.01 s; lr: 4 significant
+ROUNDING = {"train_loss": 4, "eval_loss": 4, "train_top1": 2, "top1": 2, "top5": 2, "ema_top1": 2,
+            "images_per_s": 1, "loader_free_images_per_s": 1, "mfu": 4, "data_wait_share": 4,
+            "loader_slowdown": 4, "epoch_time_s": 2, "wall_s": 2}
+
+
+def csv_value(key: str, value):
+    """A row's value as epochs.csv stores it ("" for a missing one)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and key in ROUNDING:
+        return round(value, ROUNDING[key])
+    if isinstance(value, float) and key == "lr":
+        return float(f"{value:.4g}")
+    return value
+
+
+def model_title(config) -> str:
+    """"ConvMixer-64/3 k9 p7 GELU": the model that ran (a ConvMixerConfig or its dict)."""
+    c = config if isinstance(config, dict) else vars(config)
+    return f"ConvMixer-{c['dim']}/{c['depth']} k{c['kernel']} p{c['patch']} {c.get('act', 'gelu').upper()}"
 
 
 def epoch_line(row: dict, epochs: int) -> str:
@@ -61,10 +86,30 @@ def final_summary(summary: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+def steps_until(path: Path, epoch: int) -> list[str]:
+    """steps.jsonl's lines of epochs <= `epoch` (from 1): an interrupted epoch's lines go, and a
+    line cut short by a kill (not JSON) with them."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
+            kept.append(line + "\n")
+    return kept
+
+
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, resume_epoch: int = 0, title: str = ""):
+    def __init__(self, out: Path, enabled: bool, resume_epoch: int = 0, title: str = "",
+                 tensorboard: bool = False, resume_update: int = 0):
+        """`resume_epoch`: epochs finished by the checkpoint resumed (0: a new run), whose update
+        count is `resume_update`; `tensorboard`: also write event files (tblog.py)."""
         self.out, self.enabled, self.title = Path(out), enabled, title
         self.csv, self.jsonl = self.out / "epochs.csv", self.out / "steps.jsonl"
+        self.events = None
         if not enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -74,8 +119,16 @@ class RunLog:
             w = csv.DictWriter(f, EPOCH_FIELDS)
             w.writeheader()
             w.writerows(rows)
-        if not resume_epoch:
-            self.jsonl.write_text("")
+        self.jsonl.write_text("".join(steps_until(self.jsonl, resume_epoch)))
+        if tensorboard:
+            from .tblog import EventLog
+            self.events = EventLog(self.out, resume_update if resume_epoch else None)
+
+    def config(self, info: dict) -> None:
+        """The run's config.yaml, as TensorBoard text."""
+        if self.events is not None:
+            import yaml
+            self.events.config(yaml.safe_dump(info, sort_keys=False))
 
     def rows(self) -> list[dict]:
         if not self.csv.is_file():
@@ -87,18 +140,26 @@ class RunLog:
         if self.enabled:
             with self.jsonl.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.events is not None:
+                self.events.update(record)
 
-    def epoch(self, row: dict, epochs: int) -> None:
+    def epoch(self, row: dict, epochs: int, update: int = 0) -> None:
+        """`update`: the update count at the epoch's end (TensorBoard's step)."""
         if not self.enabled:
             return
         print(epoch_line(row, epochs), flush=True)
         with self.csv.open("a", newline="") as f:
-            csv.DictWriter(f, EPOCH_FIELDS).writerow({k: row.get(k, "") for k in EPOCH_FIELDS})
+            csv.DictWriter(f, EPOCH_FIELDS).writerow({k: csv_value(k, row.get(k)) for k in EPOCH_FIELDS})
+        if self.events is not None:
+            self.events.epoch({k: row[k] for k in EPOCH_FIELDS if k in row}, update)
         self.plot()
 
     def summary(self, record: dict) -> None:
         if self.enabled:
             (self.out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     def plot(self) -> None:
         import matplotlib

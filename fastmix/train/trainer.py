@@ -31,7 +31,6 @@ import torch
 import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from fastmix.devices.environment import cpu_summary
 from fastmix.model.convmixer import create_model
@@ -42,12 +41,10 @@ from .augment import BatchAugment
 from .evaluate import evaluate
 from .mfu import MFU
 from .optim import build_optimizer, build_schedule, peak_lr
+from .progress import Progress, fields
 from .recipe import TrainConfig, image_size_at
-from .runlog import RunLog
-from .stepstats import UpdateStats
-
-class NonFiniteLoss(RuntimeError):
-    pass
+from .runlog import RunLog, model_title
+from .stepstats import NonFiniteLoss, UpdateStats, check_streaks  # noqa: F401  (NonFiniteLoss: tools/train.py)
 
 
 class Trainer:
@@ -59,7 +56,8 @@ class Trainer:
         self.out = Path(cfg.out)
         runfolder.check(self.out, resume, overwrite)  # before any work
         saved = runfolder.read_resume(self.out / "last.pt", cfg.to_dict(), allow_changes) if resume else None
-        kept = saved is not None and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict())
+        kept = saved is not None and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict(),
+                                                                   saved.get("time_budget"))
         if kept:  # the first start's choice of epochs
             self.cfg = cfg = dataclasses.replace(cfg, epochs=saved["config"]["epochs"])
         self.dist, self.device = distributed.init(speed.resolve_device(cfg.device))
@@ -109,6 +107,7 @@ class Trainer:
         self.budget = saved.get("time_budget") if kept else None
         if saved is None and cfg.time_budget_min:
             self.budget = budget.choose(self, time.monotonic() - started)
+            self.budget.setdefault("most_epochs", cfg.epochs)  # what a resume compares (runfolder.budget_chose_epochs)
             self.cfg = cfg = dataclasses.replace(cfg, epochs=self.budget["epochs"])
         self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
         self._last_batch = None
@@ -122,10 +121,12 @@ class Trainer:
         elif overwrite and self.dist.is_main:  # as late as possible: a failed start loses nothing
             runfolder.clear(self.out)
         self.log = RunLog(self.out, self.dist.is_main, self.start_epoch,
-                          f"{cfg.model}{' ' + str(cfg.model_overrides) if cfg.model_overrides else ''} on "
-                          f"{Path(cfg.data).name} ({cfg.backend}, {self.device.type}, {self.precision})")
+                          f"{model_title(model.config)} on {Path(cfg.data).name} "
+                          f"({cfg.backend}, {self.device.type}, {self.precision})",
+                          tensorboard=cfg.tensorboard, resume_update=self.updates)
         if self.dist.is_main:
             info = self._write_config()
+            self.log.config(info)
             if info["not_applied_by_backend"]:
                 warnings.warn(f"the {cfg.backend} loader does not apply {info['not_applied_by_backend']}, which "
                               "the recipe asks for (README: augmentations by backend)", stacklevel=2)
@@ -232,14 +233,13 @@ class Trainer:
         self.net.train()
         self.stats.new_epoch()
         self.train_hits.zero_()
-        bar = tqdm(range(self.updates_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=None if self.dist.is_main else True, leave=False, dynamic_ncols=True, mininterval=2)
+        progress = Progress(epoch, cfg.epochs, self.updates_per_epoch, self.dist.is_main, cfg.progress_every_s)
         start = window_start = time.perf_counter()
         window, waited, out_of_memory, batches = 0, 0.0, None, iter(loader)
         speed.compute_threads(cfg.threads)  # ffcv's iter() resets torch's threads to its workers
         epoch_waited, micro = 0.0, None
         try:
-            for i in bar:
+            for i in range(self.updates_per_epoch):
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(self.accum_steps)]
                 stall = time.perf_counter() - t0  # the loop waiting for the loader
@@ -253,11 +253,16 @@ class Trainer:
                     break  # retried below, once the except has freed the failed update's frames
                 self._fitted_sizes.add(size)
                 window += 1
+                progress.advance()
                 logged = self.updates % cfg.log_every == 0
-                if i == 0 or logged or i == self.updates_per_epoch - 1:  # the only host syncs
-                    stats = self._read(epoch, size, window, window_start, waited, bar, logged)
+                line = i == 0 or logged or progress.overdue()
+                if line or i == self.updates_per_epoch - 1:  # the only host syncs
+                    stats = self._read(epoch, size, window, window_start, waited, logged)
+                    progress.show(i + 1, fields(stats["loss"], self._lr(), stats["images_per_s"],
+                                                stats["data_wait_share"]), line)
                     window, waited, window_start = 0, 0.0, time.perf_counter()
         finally:
+            progress.close()
             close = getattr(batches, "close", None)  # an abandoned epoch frees its loader's threads
             if close is not None:
                 close()
@@ -275,26 +280,22 @@ class Trainer:
                 "epoch_time_s": elapsed, "data_wait_share": epoch_waited / elapsed, "image_size": size,
                 "nonfinite_skipped": int(stats["nonfinite"]), "scaler_skipped": int(stats["scaler_skipped"])}
 
-    def _read(self, epoch: int, size: int, window: int, window_start: float, waited: float, bar,
-              logged: bool) -> dict:
+    def _read(self, epoch: int, size: int, window: int, window_start: float, waited: float, logged: bool) -> dict:
         """Read the device's statistics (waits for it), time the window of updates since the last
-        read, stop on a non-finite streak, and write a log line where one is due."""
+        read (adds `images_per_s`, `data_wait_share`), stop on a non-finite streak, and write a
+        step record where one is due."""
         stats = self.stats.read()
         seconds = time.perf_counter() - window_start  # after the read: the device's queued work counts
-        if stats["max_in_row"] >= self.cfg.max_nonfinite:
-            raise NonFiniteLoss(
-                f"the training loss was non-finite for {int(stats['max_in_row'])} updates in a row "
-                f"(update {self.updates}, precision {self.precision}, lr {self._lr():.3g}); "
-                "try a lower lr, clip_grad, or precision fp32/bf16")
+        check_streaks(stats, self.cfg.max_nonfinite, f"update {self.updates}, precision {self.precision}, "
+                      f"lr {self._lr():.3g}")
         self.update_times.append(seconds / window)  # per update, averaged over the window
         rate = self.cfg.batch_size * self.dist.world_size / self.update_times[-1]
-        bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats["loss"] is not None else "nan",
-                        lr=f"{self._lr():.2e}", img_s=f"{rate:.0f}")
+        stats["images_per_s"], stats["data_wait_share"] = rate, waited / seconds if seconds > 0 else None
         if logged:
             self.log.step({"epoch": epoch + 1, "update": self.updates, "loss": stats["loss"], "lr": self._lr(),
                            "grad_norm": stats["grad_norm"], "scale": stats["scale"], "images_per_s": rate,
                            "mfu": self.mfu(rate, size), "image_size": size,
-                           "data_wait_share": waited / seconds if seconds > 0 else None})
+                           "data_wait_share": stats["data_wait_share"]})
         return stats
 
     def _may_retry(self, size: int) -> bool:
@@ -347,7 +348,7 @@ class Trainer:
             best = row["top1"] > self.best_top1
             self.best_top1 = max(self.best_top1, row["top1"])
             row["wall_s"] = time.perf_counter() - start - measuring
-            self.log.epoch(row, cfg.epochs)
+            self.log.epoch(row, cfg.epochs, self.updates)
             self._save(epoch, best)
             if budget_s is not None and row["wall_s"] >= budget_s:
                 break
