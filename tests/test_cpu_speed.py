@@ -78,7 +78,9 @@ def test_every_epoch_prints_one_line_and_the_csv_counts_from_one(flat_converted,
     with open(tmp_path / "epochs.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert all(float(r["loader_free_images_per_s"]) > 0 and r["loader_slowdown"] != "" for r in rows)
+    # a loader cost is a positive figure, or empty where timing noise swamped it (loadercost.cost)
+    assert all(float(r["loader_free_images_per_s"]) > 0 for r in rows)
+    assert all(r["loader_slowdown"] == "" or float(r["loader_slowdown"]) > 0 for r in rows)
     assert all(0 <= float(r["data_wait_share"]) <= 1 and float(r["wall_s"]) > 0 for r in rows)
 
 

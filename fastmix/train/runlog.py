@@ -56,8 +56,10 @@ def epoch_line(row: dict, epochs: int) -> str:
     if row.get("mfu") is not None:
         parts.append(f"MFU {100 * row['mfu']:.0f} %")
     parts.append(f"wait {100 * row['data_wait_share']:.1f} %")
-    if row.get("loader_slowdown") is not None:  # loadercost.py: the waits and what no wait share shows
-        parts.append(f"loader cost {100 * row['loader_slowdown']:.0f} % of {row['loader_free_images_per_s']:.0f} img/s")
+    if row.get("loader_free_images_per_s") is not None:  # loadercost.py: the waits and what no wait share shows
+        from .loadercost import describe  # a figure noise swamps is said as noise, not printed
+        parts.append(f"loader cost {describe(row.get('loader_slowdown'), row.get('loader_cost_noise'))} of "
+                     f"{row['loader_free_images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time_s']:.0f} s")
     if row.get("wall_s") is not None:
         parts.append(f"({row['wall_s'] / 60:.1f} min)")
@@ -80,7 +82,7 @@ def final_summary(summary: dict, out: str) -> str:
              f"top-1 {float(last['top1']):.2f} %, top-5 {float(last['top5']):.2f} %",
              f"  last epoch: {num(last, 'images_per_s')} img/s, MFU {num(last, 'mfu', 100)} %, "
              f"data wait {num(last, 'data_wait_share', 100, '.1f')} %, "
-             f"loader cost {num(last, 'loader_slowdown', 100)} %",
+             f"loader cost {loader_cost(last)}",
              f"  {len(rows)} epochs, {num(last, 'wall_s', 1 / 60, '.1f')} min; files: epochs.csv, curves.png, "
              "summary.json, best.pt, last.pt"]
     return "\n".join(lines)
@@ -100,6 +102,13 @@ def steps_until(path: Path, epoch: int) -> list[str]:
         if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
             kept.append(line + "\n")
     return kept
+
+
+def loader_cost(row: dict) -> str:
+    """An epochs.csv row's loader cost (loadercost.describe); empty: not measured, or noise swamped it."""
+    from .loadercost import describe
+    value = row.get("loader_slowdown")
+    return "n/a (not measured, or within timing noise)" if value in ("", None) else describe(float(value))
 
 
 class RunLog:

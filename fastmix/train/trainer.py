@@ -361,15 +361,14 @@ class Trainer:
         after every epoch so both see the same machine; not under DDP (its all-reduce needs all ranks)."""
         if self._last_batch is None or self.dist.enabled:
             return {}
-        seconds = loadercost.loader_free_seconds(self.net, self.model, self.optimizer, self._last_batch,
-                                                 self.accum_steps, self.precision, self.device,
-                                                 # hard labels here: the run's loss without mixup's soft targets
-                                                 torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing),
-                                                 self.channels_last, self.cfg.clip_grad)
-        if seconds is None:  # no device memory for the measurement's copies
+        times = loadercost.update_seconds(self.net, self.model, self.optimizer, self._last_batch,
+                                          self.accum_steps, self.precision, self.device,
+                                          # hard labels here: the run's loss without mixup's soft targets
+                                          torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing),
+                                          self.channels_last, self.cfg.clip_grad)
+        if times is None:  # no device memory for the measurement's copies
             return {}
-        free = self.cfg.batch_size / seconds
-        return {"loader_free_images_per_s": free, "loader_slowdown": loadercost.slowdown(images_per_s, free)}
+        return loadercost.cost(images_per_s, self.cfg.batch_size, times)  # None where noise swamps it
 
     def summary(self) -> dict:
         rows = self.log.rows() if self.dist.is_main else []
