@@ -118,3 +118,24 @@ def test_charts_pass_over_a_measured_phase_without_rows(tmp_path):
     record = {"suite": {"started": "2026-12-04"},
               "phases": {name: {"status": "ok", "result": {"rows": []}} for name in ("memory", "cost")}}
     assert report.charts(record, tmp_path) == []
+
+
+HIDDEN_CHECK = """
+import importlib.metadata as m
+for name in ("ffcv", "ffcv.libffcv", "nvidia.dali", "nvidia.dali.backend"):
+    try:
+        __import__(name)
+        print("imported", name)
+    except ImportError as e:
+        print("hidden" if "rehearsal" in str(e) else repr(e))
+print(sorted(d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("ffcv", "nvidia-dali"))))
+"""
+
+
+def test_a_child_of_the_rehearsal_cannot_import_dali_or_ffcv(tmp_path):
+    """The environment every child of a rehearsed suite gets (the suite's, through child_env)."""
+    from bench.gpu.children import child_env
+    from bench.gpu.lent import suite_env
+    run = subprocess.run([sys.executable, "-c", HIDDEN_CHECK], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env=child_env(tmp_path, suite_env("tag", rehearse=True)))
+    assert run.stdout.split("\n")[:5] == ["hidden"] * 4 + ["[]"], run.stdout + run.stderr
