@@ -1,6 +1,7 @@
 # Two entry points (see README): `make demo` and `make test`. Both set up first.
 VENV   ?= .venv
-PY     := $(VENV)/bin/python
+# ?= so that `PY=python3 make gpu-setup` (README) uses the environment's Python, not .venv's
+PY     ?= $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 APT    := build-essential pkg-config libopencv-dev libturbojpeg0-dev
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

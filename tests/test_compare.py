@@ -112,6 +112,12 @@ def test_labels_are_distinct_and_a_link_is_one_run(two_runs, tmp_path):
                    "--out", tmp_path / "c.png")
     assert done.returncode == 0, done.stderr
     assert set(table_rows(done.stdout)) == {"x/run", "y/run", "faster"}
+    # a folder of runs (what tools/train.py makes without --out: one subfolder per start) is each of them
+    for start in ("20261204-010000", "20261204-020000"):
+        shutil.copytree(base, tmp_path / "cpu-smoke" / start)
+    done = compare(tmp_path / "cpu-smoke", "--out", tmp_path / "c.png")
+    assert done.returncode == 0, done.stderr
+    assert list(table_rows(done.stdout)) == ["20261204-010000", "20261204-020000"]
 
 
 def test_a_resumed_run_keeps_counting_wall_clock(two_runs, tmp_path):

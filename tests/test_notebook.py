@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -84,3 +86,16 @@ def test_a_bad_parameter_stops_at_the_set_up_cell(tmp_path, bad, words):
     with pytest.raises(CellExecutionError, match=words):
         execute(tmp_path, {**ci_parameters(tmp_path), **bad})
     assert not (tmp_path / "runs" / "t4-convmixer_256_8").exists()
+
+
+@pytest.mark.parametrize("how", ["environment", "command line"])
+def test_gpu_setup_installs_into_the_python_it_is_given(how):
+    """The notebook runs `make gpu-setup PY=...`; README writes `PY=python3 make gpu-setup`. Both must
+    install into that Python (the Makefile's `PY :=` beat the environment: README's form used .venv's)."""
+    env = {k: v for k, v in os.environ.items() if k != "PY"}
+    if how == "environment":
+        env["PY"] = "/opt/platform/python3"
+    given = ["PY=/opt/platform/python3"] if how == "command line" else []
+    plan = subprocess.run(["make", "-n", "gpu-setup", *given], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    assert plan[0].startswith("/opt/platform/python3 -c ") and ".venv" not in "\n".join(plan), plan

@@ -7,13 +7,14 @@ Examples:
   tools/compare.py runs/a runs/b                       # two run folders (tools/train.py --out)
   tools/compare.py runs/sweep-lr --out lr.png          # every cell of a sweep (tools/sweep.py)
   tools/compare.py bench/results/tta runs/mine         # bench.tta's backends beside a run of yours
+  tools/compare.py runs/cpu-smoke-convmixer_256_8      # every run tools/train.py made there without --out
   tools/compare.py runs/a runs/b --target-top1 40
 
-RUN is a run folder (epochs.csv, config.yaml, summary.json: finished or still running), a sweep
-folder (each cell is a run) or a bench.tta folder (each finished backend is a run). Each run is
-named by the shortest tail of its path that no other run shares. The target top-1 is, unless
-given, the best top-1 every run reached, rounded down. The PNG is written to --out; a file there
-that this command did not write is refused unless --overwrite.
+RUN is a run folder (epochs.csv, config.yaml, summary.json: finished or still running), a folder
+of run folders, a sweep folder (each cell is a run) or a bench.tta folder (each finished backend
+is a run). Each run is named by the shortest tail of its path that no other run shares. The
+target top-1 is, unless given, the best top-1 every run reached, rounded down. The PNG is written
+to --out; a file there that this command did not write is refused unless --overwrite.
 """
 from __future__ import annotations
 

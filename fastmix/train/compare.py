@@ -166,7 +166,8 @@ def read_tta(folder: Path, parts: list[str]) -> list[Run]:
 
 
 def read_any(path: str | Path) -> list[Run]:
-    """A run folder, a sweep folder or a bench.tta folder (or a file in one) -> its runs."""
+    """A run folder, a sweep folder, a bench.tta folder (or a file in one), or a folder whose
+    subfolders are run folders -> its runs."""
     given = Path(path)
     if not given.exists():
         raise CompareError(f"{given}: no such file or folder")
@@ -183,8 +184,13 @@ def read_any(path: str | Path) -> list[Run]:
         return read_sweep(folder, parts)
     if any((folder / n).is_file() for n in RUN_FILES):
         return [read_run(folder, parts)]
-    raise CompareError(f"{given}: not a run folder (no epochs.csv, summary.json or config.yaml), "
-                       "nor a sweep (sweep.csv) or bench.tta (tta.json) folder")
+    # tools/train.py without --out: runs/<recipe>-<model>/<start time>/, one run per start
+    inside = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                    and any((p / n).is_file() for n in RUN_FILES))
+    if inside:
+        return [read_run(p, [*parts, p.name]) for p in inside]
+    raise CompareError(f"{given}: not a run folder (no epochs.csv, summary.json or config.yaml), nor a "
+                       "folder of run folders, a sweep (sweep.csv) or a bench.tta (tta.json) folder")
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
