@@ -292,3 +292,18 @@ def test_stopping_a_suite_that_already_exited_does_not_raise():
     proc.wait()
     stop_suite(proc, "no-such-run", grace_s=1)
     assert proc.returncode == 0
+
+
+def test_the_lent_command_goes_on_when_its_output_is_closed(tmp_path):
+    """The wrapper echoes the suite's output; a reader that went away must not stop the run or the copy."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        run = subprocess.run([sys.executable, "-m", "bench.gpu.lent", "--smoke", "--budget-s", "120", "--out",
+                              str(tmp_path / "results"), "--phases", "environment"], cwd=ROOT, stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    record = json.loads((tmp_path / "results" / "gpu.json").read_text())
+    assert record["phases"]["environment"]["status"] == "ok", run.stderr[-2000:]
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]

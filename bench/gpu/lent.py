@@ -118,13 +118,24 @@ def stop_suite(proc: subprocess.Popen | None, tag: str, grace_s: float) -> None:
             pass
 
 
+def say(text: str | bytes) -> bool:
+    """Onto this command's output; False once that is closed (a reader that went away): the run,
+    its log and the copy go on without it."""
+    try:
+        sys.stdout.buffer.write(text if isinstance(text, bytes) else text.encode() + b"\n")
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def tee(pipe, log) -> None:
     """The suite's output into run.log and onto this command's output (all a killed command leaves)."""
+    echo = True
     for line in iter(pipe.readline, b""):
         log.write(line)
         log.flush()
-        sys.stdout.buffer.write(line)
-        sys.stdout.flush()
+        echo = echo and say(line)
 
 
 OWN_END = "the suite's own end"
@@ -191,10 +202,9 @@ def main(argv=None) -> int:
         return 2
     smoke = a.smoke or a.rehearse
     budget = a.budget_s if a.budget_s is not None else (plan.SMOKE_BUDGET_S if smoke else plan.BUDGET_S)
-    print("\n".join(plan.plan_lines(plan.BUDGET_S if smoke else budget)), flush=True)  # the GPU's, even when rehearsing
+    say("\n".join(plan.plan_lines(plan.BUDGET_S if smoke else budget)))  # the GPU's, even when rehearsing
     if smoke:
-        print(f"now: --smoke sizes on this CPU in {budget:.0f} s"
-              f"{', DALI and ffcv hidden' if a.rehearse else ''}", flush=True)
+        say(f"now: --smoke sizes on this CPU in {budget:.0f} s{', DALI and ffcv hidden' if a.rehearse else ''}")
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     log, tag = work / "run.log", new_tag()
     cmd = [sys.executable, "-m", "bench.gpu", "--out", str(work / "out"), "--budget-s", str(budget),
@@ -207,8 +217,8 @@ def main(argv=None) -> int:
     else:
         record = json.loads((dest / "gpu.json").read_text())
     shutil.rmtree(work, ignore_errors=True)  # ours: converted photos, runs, compile cache
-    print("\n".join(report.phase_table(record)))
-    print(f"bench.gpu.lent: suite exit {code} ({why}); copied {', '.join(copied)} into {dest}", flush=True)
+    say("\n".join(report.phase_table(record)))
+    say(f"bench.gpu.lent: suite exit {code} ({why}); copied {', '.join(copied)} into {dest}")
     return code
 
 
