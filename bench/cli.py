@@ -119,6 +119,12 @@ def add_out(p: argparse.ArgumentParser, default_name: str, what: str) -> None:
     add_publish(p)
 
 
+def derived_name(stem: str, kind: str) -> str:
+    """The name of a result derived from a bench.loaders one: `loaders-cpu2` -> `KIND-cpu2`, any other
+    stem -> `KIND-STEM` (never the stem itself: it would overwrite its source)."""
+    return f"{kind}-{stem.removeprefix('loaders-')}"
+
+
 def default_dir(a: argparse.Namespace) -> Path:
     return PUBLISHED if a.publish else RUNS
 

@@ -162,8 +162,7 @@ def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     path = Path(a.loaders)
-    stem = path.stem[len("loaders-"):] if path.stem.startswith("loaders-") else path.stem
-    out = out_path(p, a, f"feed-{stem}", inputs=[path, a.measured, a.calibration])
+    out = out_path(p, a, cli.derived_name(path.stem, "feed"), inputs=[path, a.measured, a.calibration])
     if not path.is_file():
         raise SystemExit(f"python -m bench.feed: {path}: not found (run python -m bench.loaders first)")
     print(f"loader rates from {path}", flush=True)

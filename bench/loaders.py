@@ -368,7 +368,7 @@ def main(argv=None) -> int:
     print(markdown(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     if a.stages:
-        stage_breakdown(rows, data, a, out.with_name(out.name.replace("loaders-", "stages-")), device_name)
+        stage_breakdown(rows, data, a, out.with_name(cli.derived_name(out.stem, "stages") + ".json"), device_name)
     return 0
 
 

@@ -91,15 +91,19 @@ def test_feed_with_its_defaults_leaves_the_committed_results_alone(tmp_path):
 
 
 def test_loaders_with_its_default_out_leaves_the_committed_results_alone(flat_converted, tmp_path):
-    """The issue's `bench.loaders --data D --backends B --sizes S` rewrote bench/results/loaders-cpu2.json."""
+    """The issue's `bench.loaders --data D --backends B --sizes S` rewrote bench/results/loaders-cpu2.json;
+    and with --stages, a --name not starting `loaders-` had the stages written over the loaders file."""
     before = snapshot(RESULTS)
     done = bench("bench.loaders", "--data", flat_converted[0], "--backends", "pil-wds", "--sizes", "32", "--epochs", "1",
                  "--min-seconds", "0.2", "--workers", "1", "--model", "convmixer_256_8", "--model-batch", "1",
-                 "--model-steps", "1", "--device", "cpu", cwd=tmp_path, timeout=600)
+                 "--model-steps", "1", "--device", "cpu", "--name", "mine", "--stages", "--repeats", "1",
+                 cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()} == \
-        {Path("runs/bench/loaders-cpu1.json"), Path("runs/bench/loaders-cpu1.png")}
+    assert {p.relative_to(tmp_path / "runs/bench") for p in tmp_path.rglob("*") if p.is_file()} == \
+        {Path("mine.json"), Path("mine.png"), Path("stages-mine.json"), Path("stages-mine.png")}
+    assert json.loads((tmp_path / "runs/bench/mine.json").read_text())["rows"][0]["backend"] == "pil-wds"
     assert snapshot(RESULTS) == before
+    assert cli.derived_name("loaders-cpu2", "stages") == "stages-cpu2"  # the published names keep their form
 
 
 def loaders_file(path: Path, size: int = 64) -> Path:
