@@ -1,6 +1,6 @@
 """The one command for a lent GPU machine: run the suite, and bring its results back in any case.
 
-    python3 -m bench.gpu.lent --images gpu-loan/photos --small-images gpu-loan/photos-64   # results into $OUT
+    python3 -m bench.gpu.lent --images out/gpu-loan/photos --small-images out/gpu-loan/photos-64  # into $OUT
     python -m bench.gpu.lent --rehearse --out /tmp/lent   # the same on this CPU, DALI and ffcv hidden
 
 Prints the plan, then runs `python -m bench.gpu --out <temporary folder> --budget-s B ...` under an
