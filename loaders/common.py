@@ -11,7 +11,6 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -191,11 +190,6 @@ class BaseLoader:
 
 
 def manifest_split(cfg: LoaderConfig) -> dict:
-    import json
-    path = Path(cfg.data) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; convert the data first (tools/convert_subset.py)")
-    splits = json.loads(path.read_text())["splits"]
-    if cfg.split not in splits:
-        raise ValueError(f"{path}: has no split {cfg.split!r} (has {sorted(splits)})")
-    return splits[cfg.split]
+    """The split's manifest entry, checked: a damaged manifest is one line naming the file and key."""
+    from fastmix.data.manifest import read_split
+    return read_split(cfg.data, cfg.split)

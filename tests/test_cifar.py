@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shard_samples(out: Path, split: str) -> list:
-    return [s for tar in sorted((out / "wds").glob(f"{split}-*.tar")) for s in read_samples(tar)]
+    """The shards' samples, each keyed by its source name's tail (data_batch_2_00007): shard keys are
+    "<class>_<position>", and sources/<split>.jsonl names the file each came from."""
+    import dataclasses
+    from fastmix.data.manifest import read_sources, read_split
+    name_of = {r["key"]: r["path"].rsplit("/", 1)[-1] for r in read_sources(out, read_split(out, split))}
+    return [dataclasses.replace(s, key=name_of[s.key])
+            for tar in sorted((out / "wds").glob(f"{split}-*.tar")) for s in read_samples(tar)]
 
 
 def source_row(key: str, train, test, per_batch: int):

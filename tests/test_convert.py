@@ -30,7 +30,7 @@ def shard_samples(out: Path, manifest: dict, split: str):
 
 def data_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes()
-            for p in sorted(out.glob("*/*")) if p.suffix in (".tar", ".idx", ".beton")}
+            for p in sorted(out.glob("*/*")) if p.suffix in (".tar", ".idx", ".beton", ".jsonl")}
 
 
 def test_every_source_file_is_written_or_rejected(converted, imagefolder_source):
@@ -48,13 +48,21 @@ def test_every_source_file_is_written_or_rejected(converted, imagefolder_source)
     assert manifest["splits"]["val"]["reencoded"].get("CMYK mode") == 1
 
 
+def source_of(out: Path, manifest: dict, split: str) -> dict[str, str]:
+    """Shard key -> the source file it came from (sources/<split>.jsonl)."""
+    from fastmix.data.manifest import read_sources
+    return {r["key"]: r["path"] for r in read_sources(out, manifest["splits"][split])}
+
+
 def test_labels_follow_sorted_wnids(converted):
     out, manifest = converted
     classes = json.loads((out / "classes.json").read_text())
     assert [c["wnid"] for c in classes] == sorted(class_wnids(5))[:4]
     for split in ("train", "val"):
+        files = source_of(out, manifest, split)
         for s in shard_samples(out, manifest, split):
-            assert s.key.startswith(classes[s.label]["wnid"] + "_"), s.key
+            assert s.key.startswith(f"{s.label:05d}_"), s.key
+            assert files[s.key].startswith(f"{split}/{classes[s.label]['wnid']}/{classes[s.label]['wnid']}_"), s.key
 
 
 def test_manifest_records_options_counts_and_checksums(converted):
@@ -150,8 +158,9 @@ def test_alpha_is_composited_on_white(tmp_path):
     manifest = convert(small_config(src, out, num_classes=2))
     samples = shard_samples(out, manifest, "train")
     betons = read_jpegs(out / "ffcv" / "train.beton")
+    files = source_of(out, manifest, "train")
     for kind in ("rgba", "palette"):
-        i = next(k for k, s in enumerate(samples) if s.key == f"{wnid}_{kind}")
+        i = next(k for k, s in enumerate(samples) if files[s.key] == f"train/{wnid}/{wnid}_{kind}.JPEG")
         for data in (samples[i].jpeg, betons[i]):
             rgb = _decoded(data)
             assert rgb[:, :28].min() > 240, kind  # JPEG blurs the edge, so stay 4 px off it
@@ -279,7 +288,7 @@ TAMPER = {
     "manifest-count": (_manifest_count, ["manifest train: per-class counts sum to 26, not the 27 written",
                                          "train shards: 26 samples, manifest says 27"]),
     "label-swap": (lambda out: _rewrite_shard(out, "train-00000", _swap_labels_of_two_classes),
-                   ["but its name says", "train.beton: label order differs from the shards'"]),
+                   ["but its key says class", "train.beton: label order differs from the shards'"]),
     "image-swap": (lambda out: _rewrite_shard(out, "train-00000", _swap_images_of_one_class),
                    ["train.beton: image sizes differ from the shards' at 2 samples"]),
     "unknown-label": (lambda out: _rewrite_shard(
@@ -337,7 +346,7 @@ def test_beton_decode_ahead_stays_bounded_with_scattered_requests(imagefolder_so
     from fastmix.data.convert import plan
     _, _, _, plans = plan(small_config(imagefolder_source, tmp_path / "o"))
     items = [i for i in plans["val"].items]
-    images = _SourceImages(items, [0] * len(items), 512, 0, tmp_path / "err", threads=2)
+    images = _SourceImages(items, [0] * len(items), 512, 0, report_fd=-1, threads=2)
     for i in (0, 5, 1, 6, 2):  # two interleaved "chunks"
         assert images[i][0].ndim == 3
         assert len(images._ahead) <= 4

@@ -189,7 +189,7 @@ def test_plan_labels_each_file_with_its_class_index(sources, layout, tmp_path):
     for split, sp in plans.items():
         assert sp.split == split and len(sp.items) == len(sp.keys) == len(sp.labels) == 3 * 3
         assert [wnids[label] for label in sp.labels] == [i.wnid for i in sp.items]
-        assert sp.keys == [i.name.rsplit("/", 1)[-1].rsplit(":", 1)[-1].split(".")[0] for i in sp.items]
+        assert sp.keys == [f"{label:05d}_{i:08d}" for i, label in enumerate(sp.labels)]
         for size in (1, 2, 4, 9, 20):  # shards cover every planned file once, in order
             assert [i for r in sp.shard_ranges(size) for i in r] == list(range(len(sp.items)))
             assert all(len(r) == size for r in sp.shard_ranges(size)[:-1])
@@ -221,10 +221,11 @@ def test_plan_refuses_a_class_without_files(sources, tmp_path):
         plan(small_config(source, tmp_path / "o", num_classes=2))
 
 
-def test_keys_are_stems_made_unique():
-    items = [Item("n1", p, p) for p in ("/a/n1_1.JPEG", "/b/n1_1.JPEG", "/a/x.y z.JPEG", "t.tar:n1.tar:n1_2.JPEG",
-                                          "/a/noext", "/c/n1_1.png")]
-    assert _keys(items) == ["n1_1", "n1_1-2", "x_y_z", "n1_2", "noext", "n1_1-3"]
+def test_keys_are_class_and_position_whatever_the_names():
+    """The old keys were file stems made unique by a "-N" suffix, which could meet a real stem
+    (x, x-2 and another class's x gave x-2 twice): keys now come from the label and position only."""
+    assert _keys([3, 0, 3, 12, -1]) == ["00003_00000000", "00000_00000001", "00003_00000002", "00012_00000003",
+                                        "-0001_00000004"]
 
 
 def test_shard_index_labels_are_the_shards(sources, tmp_path):

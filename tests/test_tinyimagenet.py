@@ -71,12 +71,14 @@ def test_every_file_keeps_its_label_and_size(tiny, converted):
     assert [r["path"] for r in train["rejected"]] == [str(broken)]
     assert val["source_files"] == val["written"] == CLASSES * VAL and not val["rejected"]
     assert train["reencoded"] == {"kept": CLASSES * TRAIN - 2, "L mode": 1}
+    from fastmix.data.manifest import read_sources
     for split in ("train", "val"):
-        by_key = {Path(p).stem: (p, w) for p, w in labels[split].items()}
+        file_of = {r["key"]: str(root / r["path"]) for r in read_sources(converted, manifest["splits"][split])}
         seen = set()
         for rel in manifest["splits"][split]["shards"]:
             for s in read_samples(converted / rel):
-                path, wnid = by_key[s.key]
+                path = file_of[s.key]
+                wnid = labels[split][path]
                 assert classes[s.label] == wnid, (split, path)
                 source = Path(path).read_bytes()
                 if s.jpeg != source:  # only the grayscale file is re-encoded (to RGB, same size)

@@ -143,6 +143,11 @@ def convert_main(a: argparse.Namespace) -> int:
     return verify_only(out) if a.verify else 0
 
 
+def shown(name: str) -> str:
+    """A file name as one printable line: tabs, newlines and undecodable bytes escaped as in Python."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def summary(manifest: dict, out: str) -> str:
     lines = [f"Converted {manifest['num_classes']} classes into {out}/"]
     lines += [f"  note: {note}" for note in manifest["source"].get("notes", [])]
@@ -150,7 +155,7 @@ def summary(manifest: dict, out: str) -> str:
         lines.append(f"  {split}: {s['written']} written, {len(s['rejected'])} rejected, "
                      f"of {s['source_files']} files; re-encoded: {s['reencoded']}")
         for r in s["rejected"][:10]:
-            lines.append(f"    rejected {r['path']}: {r['reason']}")
+            lines.append(f"    rejected {shown(r['path'])}: {r['reason']}")
         if len(s["rejected"]) > 10:
             lines.append(f"    ... and {len(s['rejected']) - 10} more in manifest.json")
     lines.append(f"  timings (s): {manifest['timings_s']}")

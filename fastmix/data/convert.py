@@ -16,8 +16,7 @@ import os
 import random
 import sys
 import time
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,15 +25,22 @@ from tqdm import tqdm
 
 from fastmix import __version__
 from .images import Rejected, prepare
-from .outstate import FINAL, MANIFEST_TOOL, STATE_DIR, atomic_json as _atomic_json, changed, owned, record, sha256
+from .manifest import SOURCES_DIR, sources_rel, write_sources
+from .outlock import OutputBusy, OutputLock
+from .outstate import (FINAL, MANIFEST_TOOL, STATE_DIR, atomic_json as _atomic_json, changed, out_problem, owned, record,
+                       sha256, write_failure)
 from .shards import Sample, shard_name, write_shard
 from .sources import SPLITS, Item, Source, SourceError, open_source, select_classes
-from .workers import worker_init
+from .workers import bounded_map
 
 __all__ = ["ConvertConfig", "ConvertError", "convert", "plan", "sha256"]
 
 
 FORMATS = ("wds", "ffcv")
+# Shard keys are "<class index>_<position in the split>": unique by construction, and free of
+# anything a file name may hold (dots, spaces, tabs, newlines, 200 characters); sources/<split>.jsonl
+# maps each key back to its file. Part of the fingerprint: a resume never mixes key schemes.
+KEY_SCHEME = "label_position"
 
 
 class ConvertError(Exception):
@@ -67,7 +73,7 @@ class ConvertConfig:
         keep = ("max_side", "quality", "subsampling", "write_mode", "compress_probability", "shard_size",
                 "shuffle_seed", "ffcv_workers", "splits", "formats")
         d = {k: getattr(self, k) for k in keep}
-        d.update(source=str(Path(self.source).resolve()), layout=source.kind, classes=wnids)
+        d.update(source=str(Path(self.source).resolve()), layout=source.kind, classes=wnids, keys=KEY_SCHEME)
         return json.loads(json.dumps(d))
 
 
@@ -82,19 +88,31 @@ class SplitPlan:
         return [range(i, min(i + size, len(self.items))) for i in range(0, len(self.items), size)]
 
 
-def _keys(items: list[Item]) -> list[str]:
-    """Webdataset keys: the file's stem with dots made safe, unique within the split."""
-    seen: Counter = Counter()
-    keys = []
-    for item in items:
-        base = item.name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        stem = (base.rsplit(".", 1)[0] if "." in base else base).replace(".", "_").replace(" ", "_")
-        seen[stem] += 1
-        keys.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return keys
+def _keys(labels: list[int]) -> list[str]:
+    return [f"{label:05d}_{i:08d}" for i, label in enumerate(labels)]
+
+
+def _source_rows(sp: SplitPlan, accepted: list[int], root: str):
+    """sources/<split>.jsonl: each written sample's key, label and file (relative to the source)."""
+    prefix = root.rstrip(os.sep) + os.sep
+    for i in accepted:
+        item = sp.items[i]
+        row = {"key": sp.keys[i], "label": sp.labels[i],
+               "path": item.name[len(prefix):] if item.name.startswith(prefix) else item.name}
+        if item.outside:
+            row["outside"] = item.outside
+        yield row
+
+
+def _outside_notes(splits: dict) -> list[str]:
+    """Symlinks that leave the source folder are followed, and said so."""
+    return [f"{split}: {info['outside_source']} files are symlinks to outside the source folder, followed "
+            f"(their real paths are in {info['sources']})" for split, info in splits.items() if info["outside_source"]]
 
 
 def _size(item: Item) -> int:
+    if item.problem:
+        return 0
     return item.size if item.offset >= 0 else os.path.getsize(item.path)
 
 
@@ -134,7 +152,8 @@ def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[st
             if split == "train":  # shards mix classes, so a shard-level shuffle is a good one
                 random.Random(cfg.shuffle_seed).shuffle(items)
             label = {w: i for i, w in enumerate(wnids)}
-            plans[split] = SplitPlan(split, items, _keys(items), [label[i.wnid] for i in items])
+            labels = [label.get(i.wnid, -1) for i in items]  # -1: a rejected name of no class
+            plans[split] = SplitPlan(split, items, _keys(labels), labels)
     except (SourceError, OSError) as e:
         raise ConvertError(str(e)) from e
     return source, wnids, names, plans
@@ -142,31 +161,14 @@ def plan(cfg: ConvertConfig) -> tuple[Source, list[str], dict[str, str], dict[st
 
 def _prepare_one(args: tuple[Item, int, int, str]):
     item, max_side, quality, subsampling = args
+    if item.problem:
+        return item.problem
     try:
         return prepare(item.read(), max_side, quality, subsampling)
     except Rejected as e:
         return str(e)
     except OSError as e:
         return f"unreadable: {e}"
-
-
-def _bounded_map(fn, args, workers: int):
-    """Ordered map over a process pool with at most ~4 tasks per worker in flight (bounded memory)."""
-    if workers <= 1:
-        yield from map(fn, args)
-        return
-    window = 4 * workers
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
-    try:
-        pending: deque = deque()
-        for a in args:
-            pending.append(pool.submit(fn, a))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:  # also when interrupted: drop what has not started
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Converter:
@@ -181,14 +183,30 @@ class Converter:
         t0 = time.perf_counter()
         source, wnids, names, plans = plan(self.cfg)
         self.timings["scan"] = time.perf_counter() - t0
+        problem = out_problem(self.out, source.root)
+        if problem:
+            raise ConvertError(problem)
+        self.writing: str | None = None  # what a write failure names
+        try:
+            with OutputLock(self.state):
+                return self._run_locked(source, wnids, names, plans)
+        except OutputBusy as e:
+            raise ConvertError(str(e)) from None
+        except OSError as e:  # a full disk, a read-only folder: one line, and a state --resume finishes
+            raise ConvertError(write_failure(e, self.out, self.writing)) from None
+
+    def _run_locked(self, source: Source, wnids: list[str], names: dict, plans: dict[str, SplitPlan]) -> dict:
         self._prepare_out(self.cfg.fingerprint(source, wnids), self._planned(plans))
         splits = {}
         for split, sp in plans.items():
-            splits[split] = self._convert_split(sp, wnids)
+            splits[split] = self._convert_split(sp, wnids, source)
         classes = [{"index": i, "wnid": w, "name": names.get(w, "")} for i, w in enumerate(wnids)]
+        self.writing = f"{STATE_DIR}/{FINAL}"
         _atomic_json(self.state / FINAL, {"files": ["classes.json", "manifest.json"]})  # ours, before they exist
+        self.writing = "classes.json"
         _atomic_json(self.out / "classes.json", classes)
         manifest = self._manifest(source, wnids, splits)
+        self.writing = "manifest.json"
         _atomic_json(self.out / "manifest.json", manifest)
         return manifest
 
@@ -202,6 +220,7 @@ class Converter:
                     rels += [f"wds/{shard_name(split, n)}.tar", f"wds/{shard_name(split, n)}.idx"]
             if "ffcv" in self.cfg.formats:
                 rels += [f"ffcv/{split}.beton", f"{STATE_DIR}/ffcv-{split}.json"]
+            rels += [sources_rel(split), f"{STATE_DIR}/sources-{split}.json"]
         return rels
 
     def _prepare_out(self, fingerprint: dict, planned: list[str]) -> None:
@@ -226,14 +245,14 @@ class Converter:
         if not resuming:
             for rel in sorted(ours):
                 (self.out / rel).unlink(missing_ok=True)
-        for sub in ("wds", "ffcv", STATE_DIR):
+        for sub in ("wds", "ffcv", SOURCES_DIR, STATE_DIR):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
         for rel in {*planned, *ours}:  # leftovers of a killed run, by the names it writes through
             Path(f"{self.out / rel}.tmp").unlink(missing_ok=True)
         (self.out / "manifest.json").unlink(missing_ok=True)
         _atomic_json(run_file, fingerprint)
 
-    def _convert_split(self, sp: SplitPlan, wnids: list[str]) -> dict:
+    def _convert_split(self, sp: SplitPlan, wnids: list[str], source: Source) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         ranges = sp.shard_ranges(cfg.shard_size)
         states: dict[int, dict] = {}
@@ -249,7 +268,7 @@ class Converter:
                           f"{shard_name(sp.split, n)} again", file=sys.stderr)
         todo = [n for n in range(len(ranges)) if n not in states]
         args = ((sp.items[i], cfg.max_side, cfg.quality, cfg.subsampling) for n in todo for i in ranges[n])
-        results = _bounded_map(_prepare_one, args, cfg.workers)
+        results = bounded_map(_prepare_one, args, cfg.workers)
         bar = tqdm(total=sum(len(ranges[n]) for n in todo), desc=f"{sp.split}: images",
                    unit="img", disable=None)
         for n in todo:
@@ -279,6 +298,10 @@ class Converter:
             t1 = time.perf_counter()
             beton = self._write_beton(sp, accepted)
             self.timings[f"{sp.split}.ffcv"] = time.perf_counter() - t1
+        sources = sources_rel(sp.split)
+        self._write_output(f"sources-{sp.split}", sources,
+                           lambda path: write_sources(path, _source_rows(sp, accepted, str(source.root))))
+        outside = sum(1 for i in accepted if sp.items[i].outside)
         return {
             "source_files": len(sp.items),
             "written": len(accepted),
@@ -287,6 +310,8 @@ class Converter:
             "per_class": {w: per_class[w] for w in wnids},
             "shards": [s["file"] for n in range(len(ranges)) if (s := states[n])["file"]],
             "beton": beton,
+            "sources": sources,
+            "outside_source": outside,  # files reached through symlinks that leave the source folder
         }
 
     def _finish_shard(self, split, n, samples, rejected, reencoded) -> dict:
@@ -294,6 +319,7 @@ class Converter:
         wds = bool(samples) and "wds" in self.cfg.formats
         file = f"wds/{name}.tar" if wds else None
         with self._claim(name, [file, f"wds/{name}.idx"] if wds else []):
+            self.writing = file or f"{STATE_DIR}/{name}.json"
             if wds:
                 write_shard(self.out / file, [s for _, s in samples])
             outputs = record(self.out, [file, f"wds/{name}.idx"]) if wds else {}
@@ -307,9 +333,20 @@ class Converter:
         """Names the files about to be written as ours first, until their state is written: a kill
         in between must not leave files a resume would have to call foreign."""
         claim = self.state / f"{name}.writing.json"
+        self.writing = f"{STATE_DIR}/{claim.name}"
         _atomic_json(claim, {"files": rels})
         yield
         claim.unlink()
+
+    def _write_output(self, name: str, rel: str, write) -> dict:
+        """Write one output file through `write(path)` under a claim, then record it in its state."""
+        with self._claim(name, [rel]):
+            self.writing = rel
+            write(self.out / rel)
+            state = {"file": rel, "outputs": record(self.out, [rel])}
+            _atomic_json(self.state / f"{name}.json", state)
+        self.outputs.update(state["outputs"])
+        return state
 
     def _write_beton(self, sp: SplitPlan, accepted: list[int]) -> str:
         from .beton import write_beton
@@ -322,23 +359,19 @@ class Converter:
                 self.outputs.update(state["outputs"])
                 return rel
             print(f"resume: {self.out / bad} differs from what was written; writing it again", file=sys.stderr)
-        with self._claim(f"ffcv-{sp.split}", [rel]):
-            write_beton(self.out / rel, [sp.items[i] for i in accepted], [sp.labels[i] for i in accepted],
-                        self.cfg)
-            state = {"file": rel, "outputs": record(self.out, [rel])}
-            _atomic_json(done, state)
-        self.outputs.update(state["outputs"])
+        self._write_output(f"ffcv-{sp.split}", rel, lambda path: write_beton(
+            path, [sp.items[i] for i in accepted], [sp.labels[i] for i in accepted], self.cfg))
         return rel
 
     def _manifest(self, source: Source, wnids: list[str], splits: dict) -> dict:
         # What was recorded when each file was written, not what is on disk now.
         files = {rel: self.outputs[rel] for info in splits.values()
                  for rel in [f for s in info["shards"] for f in (s, s[:-4] + ".idx")] +
-                 ([info["beton"]] if info["beton"] else [])}
+                 ([info["beton"]] if info["beton"] else []) + [info["sources"]]}
         return {
             "tool": {"name": MANIFEST_TOOL, "version": __version__},
             "source": {"path": str(Path(self.cfg.source).resolve()), "layout": source.kind,
-                       "notes": list(source.notes)},
+                       "notes": list(source.notes) + _outside_notes(splits)},
             "options": {k: v for k, v in asdict(self.cfg).items()
                         if k not in ("source", "out", "resume", "overwrite", "workers")},
             "num_classes": len(wnids),

@@ -8,6 +8,7 @@ since is converted again instead of being re-hashed into the manifest.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -84,3 +85,30 @@ def _is_our_manifest(path: Path) -> bool:
         return json.loads(path.read_text())["tool"]["name"] == MANIFEST_TOOL
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def out_problem(out: Path, source_root: Path) -> str | None:
+    """Why `out` cannot take a conversion, before anything is written: a file, a folder inside the
+    source (a later run would read the outputs as source data), or a place that cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: is a file, not a folder"
+    real_out, real_source = os.path.realpath(out), os.path.realpath(source_root)
+    if os.path.isdir(real_source) and (real_out == real_source or real_out.startswith(real_source.rstrip(os.sep) + os.sep)):
+        return f"--out {out}: is inside the source {source_root}; later runs would read it as source data, " \
+               "so choose a folder outside it"
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot write there ({existing} is read-only)"
+    return None
+
+
+def write_failure(e: OSError, out: Path, rel: str | None) -> str:
+    """One line for an output write that failed, and what to do: a full disk is worth a --resume."""
+    what = e.strerror or str(e)
+    if rel is None:
+        return f"{out}: cannot write here ({what})"
+    fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return f"{what[:1].lower() + what[1:]} while writing {Path(out) / rel}; {fix} and rerun with --resume"

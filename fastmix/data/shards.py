@@ -31,15 +31,20 @@ def write_shard(tar_path: Path, samples: list[Sample]) -> None:
     tar_path = Path(tar_path)
     idx_path = tar_path.with_suffix(".idx")
     tmp_tar, tmp_idx = Path(f"{tar_path}.tmp"), Path(f"{idx_path}.tmp")
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for s in samples:
-            for ext, payload in (("jpg", s.jpeg), ("cls", str(s.label).encode())):
-                info = tarfile.TarInfo(f"{s.key}.{ext}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tf.addfile(info, io.BytesIO(payload))
-    tmp_idx.write_text(index_text(tmp_tar))
+    try:
+        with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for s in samples:
+                for ext, payload in (("jpg", s.jpeg), ("cls", str(s.label).encode())):
+                    info = tarfile.TarInfo(f"{s.key}.{ext}")
+                    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tf.addfile(info, io.BytesIO(payload))
+        tmp_idx.write_text(index_text(tmp_tar))
+    except BaseException:  # a full disk: give back what the half-written files took
+        tmp_tar.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+        raise
     os.replace(tmp_idx, idx_path)
     os.replace(tmp_tar, tar_path)
 

@@ -16,7 +16,7 @@ import tarfile
 from functools import cached_property
 from pathlib import Path
 
-from .items import WNID_RE, Item, Source, SourceError, _files  # noqa: F401  (convert imports them from here too)
+from .items import WNID_RE, Item, Source, SourceError, entries, labelled_val  # noqa: F401  (convert imports them from here too)
 
 SPLITS = ("train", "val")
 NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")  # "<wnid> <words>" per line
@@ -48,8 +48,8 @@ class ImageFolderSource(Source):
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise SourceError(f"{split_dir}: split folder not found")
-        return [Item(w, str(p), str(p)) for w in wnids if (split_dir / w).is_dir()
-                for p in _files(split_dir / w)]
+        return [e.item(w) for w in wnids if (split_dir / w).is_dir()
+                for e in entries(split_dir / w, self.real_root)]
 
 
 class KaggleSource(Source):
@@ -65,8 +65,8 @@ class KaggleSource(Source):
 
     def items(self, split, wnids):
         if split == "train":
-            return [Item(w, str(p), str(p)) for w in wnids if (self.data / "train" / w).is_dir()
-                    for p in _files(self.data / "train" / w)]
+            return [e.item(w) for w in wnids if (self.data / "train" / w).is_dir()
+                    for e in entries(self.data / "train" / w, self.real_root)]
         val_dir = self.data / "val"
         solution = self.root / "LOC_val_solution.csv"
         if not val_dir.is_dir():
@@ -77,15 +77,9 @@ class KaggleSource(Source):
             # PredictionString holds boxes: "<wnid> x0 y0 x1 y1 <wnid> ..."; the first token is the class.
             labels = {row["ImageId"]: row["PredictionString"].split()[0]
                       for row in csv.DictReader(f) if row.get("PredictionString", "").strip()}
-        keep = set(wnids)
-        out = []
-        for p in _files(val_dir):
-            wnid = labels.get(p.name.split(".")[0])
-            if wnid is None:
-                raise SourceError(f"{p}: no val label in {solution}")
-            if wnid in keep:
-                out.append(Item(wnid, str(p), str(p)))
-        return sorted(out, key=lambda i: (i.wnid, i.name))
+        return labelled_val(entries(val_dir, self.real_root), lambda p: labels.get(p.name.split(".")[0]),
+                            set(wnids), solution)
+
 
 
 class ArchiveSource(Source):

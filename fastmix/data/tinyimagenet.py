@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .items import WNID_RE, Item, Source, SourceError, _files
+from .items import WNID_RE, Source, SourceError, entries, labelled_val
 
 BOXES_SUFFIX = "_boxes.txt"
 
@@ -79,9 +79,9 @@ class TinyImageNetSource(Source):
 
     def items(self, split, wnids):
         if split == "train":
-            return [Item(w, str(p), str(p)) for w in wnids
-                    for p in _files(self.root / "train" / w / "images")
-                    if not p.name.endswith(BOXES_SUFFIX)]
+            return [e.item(w) for w in wnids
+                    for e in entries(self.root / "train" / w / "images", self.real_root)
+                    if not e.path.name.endswith(BOXES_SUFFIX)]
         if split == "val":
             return self._val_items(wnids)
         raise TinyImageNetError(f"{self.root / split}: Tiny ImageNet has labels only for train and val")
@@ -100,11 +100,7 @@ class TinyImageNetSource(Source):
             if len(fields) < 2 or not WNID_RE.match(fields[1].strip()):
                 raise TinyImageNetError(f"{labels_file}: line {n} is not '<file>\\t<wnid>\\t<box>'")
             labels[fields[0].strip()] = fields[1].strip()
-        keep, out = set(wnids), []
-        for p in _files(images):
-            wnid = labels.get(p.name)
-            if wnid is None:
-                raise TinyImageNetError(f"{p}: no val label in {labels_file}")
-            if wnid in keep:
-                out.append(Item(wnid, str(p), str(p)))
-        return sorted(out, key=lambda i: (i.wnid, i.name))
+        try:
+            return labelled_val(entries(images, self.real_root), lambda p: labels.get(p.name), set(wnids), labels_file)
+        except SourceError as e:
+            raise TinyImageNetError(str(e)) from None

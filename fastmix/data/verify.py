@@ -11,27 +11,27 @@ the same order, as the shards.
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
+from .manifest import ManifestError, read_classes, read_manifest, read_sources
 from .outstate import sha256
 from .shards import index_text, read_samples
 
-KEY_WNID = re.compile(r"^(n\d{8})_")
+KEY_WNID = re.compile(r"^(n\d{8})_")  # keys of conversions before KEY_SCHEME: the file's stem
+KEY_LABEL = re.compile(r"^(\d+)_\d+$")  # "<class index>_<position>"
 
 
 def verify(out: str | Path) -> list[str]:
     """Problems found (empty when the conversion is intact)."""
     out = Path(out)
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
-        classes = json.loads((out / "classes.json").read_text())
-    except (OSError, ValueError) as e:
-        return [f"{out}: cannot read manifest.json / classes.json: {e}"]
+        manifest, classes = read_manifest(out), read_classes(out)
+    except (OSError, ManifestError) as e:
+        return [str(e)]
     problems = []
     files = manifest["files"]
     for rel, meta in files.items():
@@ -40,14 +40,15 @@ def verify(out: str | Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != meta["bytes"] or sha256(path) != meta["sha256"]:
             problems.append(f"{path}: checksum differs from the manifest (changed or damaged)")
-    for path in sorted([*out.glob("wds/*.tar"), *out.glob("wds/*.idx"), *out.glob("ffcv/*.beton")]):
+    for path in sorted([*out.glob("wds/*.tar"), *out.glob("wds/*.idx"), *out.glob("ffcv/*.beton"),
+                        *out.glob("sources/*.jsonl")]):
         if str(path.relative_to(out)) not in files:
             problems.append(f"{path}: not listed in the manifest")
 
     wnid_of = {c["index"]: c["wnid"] for c in classes}
     for split, info in manifest["splits"].items():
         problems += _check_accounting(split, info)
-        labels, sizes = [], []
+        labels, sizes, keys = [], [], []
         for rel in info["shards"]:
             tar = out / rel
             try:
@@ -59,11 +60,14 @@ def verify(out: str | Path) -> list[str]:
                 continue
             problems += _check_keys(tar, samples, wnid_of)
             labels += [s.label for s in samples]
+            keys += [s.key for s in samples]
             sizes += [_jpeg_size(s.jpeg) for s in samples]
         if info["shards"]:
             problems += _check_counts(f"{split} shards", labels, info, wnid_of)
             if split == "val":
                 problems += _check_class_order(f"{split} shards", labels)
+        if info.get("sources"):
+            problems += _check_sources(out, info, list(zip(keys, labels)) if info["shards"] else None)
         if info.get("beton"):
             problems += _check_beton(out / info["beton"], (labels, sizes) if info["shards"] else None,
                                      info, wnid_of, in_class_order=split == "val")
@@ -81,9 +85,30 @@ def _check_accounting(split: str, info: dict) -> list[str]:
     return problems
 
 
+def _check_sources(out: Path, info: dict, shard_keys) -> list[str]:
+    """sources/<split>.jsonl: one line per written sample, the shards' keys and labels in order."""
+    path = out / info["sources"]
+    try:
+        rows = [(r["key"], r["label"]) for r in read_sources(out, info)]
+    except ManifestError as e:
+        return [str(e)]
+    if len(rows) != info["written"]:
+        return [f"{path}: {len(rows)} samples, manifest says {info['written']}"]
+    if len({k for k, _ in rows}) != len(rows):
+        return [f"{path}: a key appears twice"]
+    if shard_keys is not None and rows != shard_keys:
+        n = next((i for i, (a, b) in enumerate(zip(rows, shard_keys)) if a != b), None)
+        if n is not None:
+            return [f"{path}: line {n + 1} says {rows[n]}, the shards {shard_keys[n]}"]
+    return []
+
+
 def _check_keys(tar: Path, samples, wnid_of: dict) -> list[str]:
     problems = []
     for s in samples:
+        by_label = KEY_LABEL.match(s.key)
+        if by_label and int(by_label.group(1)) != s.label:
+            problems.append(f"{tar}: {s.key} has label {s.label}, but its key says class {int(by_label.group(1))}")
         named = KEY_WNID.match(s.key)
         if named and s.label in wnid_of and named.group(1) != wnid_of[s.label]:
             problems.append(f"{tar}: {s.key} has label {s.label} ({wnid_of[s.label]}), "

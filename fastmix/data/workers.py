@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 import signal
 import threading
 import time
@@ -29,6 +31,8 @@ def worker_init(parent: int) -> None:
     """Initializer of a conversion worker process (no-op in the parent itself)."""
     if os.getpid() == parent:
         return
+    from .outlock import close_inherited
+    close_inherited()  # the output lock dies with the converter, not with its last worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent(parent)
 
@@ -48,3 +52,22 @@ class StopChildrenOnError:
                     p.terminate()
                     p.join(5)
         return False
+
+
+def bounded_map(fn, args, workers: int):
+    """Ordered map over a process pool with at most ~4 tasks per worker in flight (bounded memory)."""
+    if workers <= 1:
+        yield from map(fn, args)
+        return
+    window = 4 * workers
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
+    try:
+        pending: deque = deque()
+        for a in args:
+            pending.append(pool.submit(fn, a))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # also when interrupted: drop what has not started
+        pool.shutdown(wait=True, cancel_futures=True)
