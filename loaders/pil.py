@@ -19,6 +19,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
+from fastmix.data.manifest import source_files
+
 from .common import MEAN, BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices
 from .shardindex import ShardIndex
 from .shardnames import CorruptSample, corrupt
@@ -133,6 +135,10 @@ class PILLoader(BaseLoader):
             classes = json.loads((Path(cfg.data) / "classes.json").read_text())
             rejected = {r["path"] for r in manifest_split(cfg)["rejected"]}
             dataset = _ImageFolder(root, [c["wnid"] for c in classes], pil_transform(cfg), rejected)
+            listed = source_files(cfg.data, cfg.split, cfg.imagefolder)  # exactly what the converter wrote
+            if listed is not None:  # (the walk above also meets files it skipped: links, other names)
+                dataset.samples = dataset.imgs = listed
+                dataset.targets = [label for _, label in listed]
         super().__init__(cfg, len(dataset))
         self.dataset, self._loader = dataset, None
 
