@@ -6,6 +6,14 @@ A100/H100, `hw_decoder_load`); train crops are fused into the decode
 pipeline runs on the CPU with `device_id=None`. DALI shards contiguously (`shard_id`,
 `num_shards`) and shuffles through a buffer (`initial_fill`), not a full permutation.
 
+DALI re-reads each `.cls` every epoch, so every batch's labels are checked on the CPU before they
+go to the device (one vectorized pass; loaders/labels.py), a bad one named by its shard and member
+from the reader's source_info. A JPEG that does not decode stops DALI with its decoder's words
+("nvImageCodec failure: '#4'") and no file: the failed batch is then replayed without decoding (the
+reader is seeded, so the same samples in the same order) and its members decoded with PIL to name
+the bad one (`undecodable`). On a GPU (`mixed`) the same code runs, untested there: the labels stay
+on the CPU (pinned, then copied without blocking) and only the images come out on the device.
+
 A train epoch is a function of (seed, rank, epoch): each gets a fresh pipeline seeded from
 those three, reading the shard that DALI's own rotation would reach by then, so a resumed run
 sees the same order and augmentation as an uninterrupted one. A pipeline keeps its random
@@ -17,11 +25,13 @@ from __future__ import annotations
 
 import warnings
 
-from .common import BaseLoader, LoaderConfig, normalize, parse_ascii_labels, parse_rand_augment, require
+from .common import BaseLoader, LoaderConfig, normalize, parse_rand_augment, require
+from .dali_errors import labels_of, undecodable
+from .labels import LABEL_DIGITS, class_count
 from .shardindex import ShardIndex
 
-LABEL_BYTES = 8  # .cls holds the label as ASCII digits; padded to a fixed width for batching
 
+PREFETCH = 2  # batches DALI runs ahead: a decode error may belong to any of them
 
 DALI_WHEELS = {"12": ("nvidia-dali-cuda120", "dali-cuda12"), "13": ("nvidia-dali-cuda130", "dali")}
 
@@ -85,6 +95,7 @@ class DALILoader(BaseLoader):
         if cfg.torch_device.type == "cuda":
             check_dali_build()
         self.decode = decode
+        self.classes = class_count(cfg.data)
         self._iter, self._in_epoch = None, False
 
     @property
@@ -109,6 +120,22 @@ class DALILoader(BaseLoader):
         import numpy as np
         return int(np.random.SeedSequence([self.cfg.seed, self.cfg.rank, epoch]).generate_state(1)[0] >> 1)
 
+    def read(self, epoch: int):
+        """The reader of `epoch`'s pipeline: (jpg, cls, source_info) nodes. Seeded on its own, so a
+        pipeline of the reader alone (`undecodable`) reads the same samples in the same order."""
+        from nvidia.dali import fn, types
+        cfg = self.cfg
+        jpg, cls = fn.readers.webdataset(
+            paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
+            missing_component_behavior="error", name="reader", random_shuffle=cfg.is_train,
+            initial_fill=1024, shard_id=self.shard, num_shards=cfg.world_size, seed=self.seed(epoch),
+            # Pad the shard's last batch (the iterator drops the padding): epochs then line
+            # up with the reader's, so every sample comes exactly once per epoch.
+            pad_last_batch=True,
+            dtypes=[types.UINT8, types.UINT8])
+        # "<shard>:<offset>:<member>" per sample, padded to the batch's longest: names a bad label's file
+        return jpg, cls, fn.pad(fn.get_property(jpg, key="source_info"), fill_value=0)
+
     def _pipeline(self, epoch: int):
         from nvidia.dali import fn, pipeline_def, types
         cfg, size = self.cfg, self.cfg.image_size
@@ -117,17 +144,10 @@ class DALILoader(BaseLoader):
         hw = {"hw_decoder_load": cfg.hw_decoder_load} if self.decode == "mixed" else {}
 
         @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                      seed=self.seed(epoch), prefetch_queue_depth=2,
+                      seed=self.seed(epoch), prefetch_queue_depth=PREFETCH,
                       enable_conditionals=bool(cfg.rand_augment))
         def pipe():
-            jpg, cls = fn.readers.webdataset(
-                paths=self.tars, index_paths=[t[:-4] + ".idx" for t in self.tars], ext=["jpg", "cls"],
-                missing_component_behavior="error", name="reader", random_shuffle=cfg.is_train,
-                initial_fill=1024, shard_id=self.shard, num_shards=cfg.world_size,
-                # Pad the shard's last batch (the iterator drops the padding): epochs then line
-                # up with the reader's, so every sample comes exactly once per epoch.
-                pad_last_batch=True,
-                dtypes=[types.UINT8, types.UINT8])
+            jpg, cls, source = self.read(epoch)
             if cfg.is_train:
                 images = fn.decoders.image_random_crop(
                     jpg, device=self.decode, output_type=types.RGB, random_area=list(cfg.scale),
@@ -146,16 +166,19 @@ class DALILoader(BaseLoader):
             # HWC uint8 out: viewed as NCHW it is already channels_last; normalized on the device.
             images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC",
                                               crop=(size, size), mirror=mirror)
-            labels = fn.pad(cls, fill_value=0, shape=[LABEL_BYTES])
-            if device_id is not None:  # a CUDA run: both leave DALI on the device (DALI copies through
-                images, labels = images.gpu(), labels.gpu()  # its own pinned buffers), no blocking copy
-            return images, labels
+            labels = fn.pad(cls, fill_value=0, shape=[LABEL_DIGITS])
+            if device_id is not None:  # a CUDA run: the images leave DALI on the device; the labels
+                images = images.gpu()  # stay on the CPU to be checked (__iter__)
+            return images, labels, source
 
         return pipe()
+
+    prefetch = PREFETCH
 
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         self._iter = None  # the last epoch's pipeline and its buffers go before the next is built
+        self.built_epoch = self.epoch  # what a replay of a failed batch reads (dali_errors.py)
         policy = LastBatchPolicy.DROP if self.cfg.last_batch == "drop" else LastBatchPolicy.PARTIAL
         # DALI's RandAugment calls its own deprecated aliases and forces their warnings on;
         # recording them is the one way to keep them off the user's console.
@@ -170,22 +193,33 @@ class DALILoader(BaseLoader):
                     raise
                 pipe = self._pipeline(self.epoch)
             pipe.build()
-        self._iter = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
+        self._iter = DALIGenericIterator(pipe, ["images", "labels", "source"], reader_name="reader",
                                          last_batch_policy=policy, auto_reset=True)
 
     def __iter__(self):
-        if self._iter is None or self.cfg.is_train:  # train: a pipeline per epoch (module docstring)
-            self._build()
-        elif self._in_epoch:  # DALI cannot rewind mid-epoch: finish the abandoned one first
-            try:
-                while True:
-                    next(self._iter)  # not `for`: iter() on a mid-epoch DALI iterator warns
-            except StopIteration:
-                pass
-        self._in_epoch = True
-        for batch in self._iter:
-            b = batch[0]
-            images = b["images"].permute(0, 3, 1, 2)  # NHWC storage = NCHW channels_last
-            # labels come out where the images do (the device under "mixed"): parsed there, no copy
-            yield normalize(images, self.cfg), parse_ascii_labels(b["labels"]).to(self.cfg.torch_device)
+        done = 0  # batches handed out this epoch
+        try:
+            if self._iter is None or self.cfg.is_train:  # train: a pipeline per epoch (module docstring)
+                self._build()  # which runs the first batch already
+            elif self._in_epoch:  # DALI cannot rewind mid-epoch: finish the abandoned one first
+                try:
+                    while True:
+                        next(self._iter)  # not `for`: iter() on a mid-epoch DALI iterator warns
+                except StopIteration:
+                    pass
+            self._in_epoch = True
+            while True:
+                try:
+                    b = next(self._iter)[0]
+                except StopIteration:
+                    break
+                images = b["images"].permute(0, 3, 1, 2)  # NHWC storage = NCHW channels_last
+                labels = labels_of(b["labels"], b["source"], self.classes)
+                if self.cfg.torch_device.type == "cuda":  # pinned: the copy does not wait for the device
+                    labels = labels.pin_memory().to(self.cfg.torch_device, non_blocking=True)
+                done += 1
+                yield normalize(images, self.cfg), labels
+        except RuntimeError as e:  # DALI's pipeline is dead after an error: the next epoch builds anew
+            self._iter, self._in_epoch = None, False
+            raise undecodable(self, done, e) from None
         self._in_epoch = False

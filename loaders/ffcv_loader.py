@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .common import BaseLoader, LoaderConfig, manifest_split, normalize, rank_indices, require
+from .labels import check_beton_labels, class_count
 
 
 class FFCVLoader(BaseLoader):
@@ -29,7 +30,10 @@ class FFCVLoader(BaseLoader):
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: not found; convert with --formats ffcv")
         # ffcv's own Reader opens a cut file and trains on it; this one checks the table and size.
-        super().__init__(cfg, int(check_beton(self.path).num_samples))
+        reader = check_beton(self.path)
+        self.classes = class_count(cfg.data)
+        check_beton_labels(self.path, reader.metadata["f1"], self.classes)
+        super().__init__(cfg, int(reader.num_samples))
         self._loader = None
 
     def _build(self):
@@ -57,9 +61,12 @@ class FFCVLoader(BaseLoader):
         image += [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
         label = [IntDecoder(), ToTensor(), Squeeze(-1), ToDevice(device, non_blocking=True)]
         indices = np.sort(rank_indices(self.split_size, cfg, 0)).astype(np.uint64)  # ffcv wants uint64
-        return Loader(str(self.path), batch_size=cfg.batch_size, num_workers=cfg.workers,
-                      os_cache=cfg.os_cache, order=order, seed=cfg.seed, indices=indices,
-                      drop_last=cfg.last_batch == "drop", pipelines={"image": image, "label": label})
+        loader = Loader(str(self.path), batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        os_cache=cfg.os_cache, order=order, seed=cfg.seed, indices=indices,
+                        drop_last=cfg.last_batch == "drop", pipelines={"image": image, "label": label})
+        # the labels ffcv itself read (the file may have changed since __init__): held in memory for every epoch
+        check_beton_labels(self.path, loader.reader.metadata["f1"], self.classes)
+        return loader
 
     def __iter__(self):
         if self._loader is None:

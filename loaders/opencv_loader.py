@@ -27,6 +27,7 @@ import torch
 
 from .common import BaseLoader, LoaderConfig, batch_slices, manifest_split, normalize, rank_indices, require
 from .geometry import center_crop_boxes, dct_denominator, resized_crop_boxes, scaled_span
+from .labels import check_beton_labels, class_count
 
 ANTIALIAS_FROM = 1.25  # shrink from which bilinear alone aliases (below ~41 dB vs PIL on the sample photos)
 
@@ -86,6 +87,7 @@ class OpenCVLoader(BaseLoader):
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: not found; convert with --formats ffcv")
         self.store = StoredImages(self.path)  # opens it through check_beton: a cut file is refused
+        check_beton_labels(self.path, self.store.labels, class_count(cfg.data))
         super().__init__(cfg, len(self.store))
         self.threads = max(1, cfg.workers)
         self._pin = cfg.torch_device.type == "cuda"

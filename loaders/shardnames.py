@@ -1,22 +1,25 @@
 """A sample of a webdataset shard named so a person can find it: "<shard>.tar: member <name>".
 
-Every backend that reads shards (pil-wds, resident; DALI and nvJPEG on a GPU) raises CorruptSample
+pil-wds, resident and dali (loaders/dali_errors.py) raise CorruptSample
 with this name when a JPEG does not decode, instead of the decoder's own words ("cannot identify
 image file <_io.BytesIO ...>", "Not a JPEG file: starts with 0x00 0x00"), which name neither.
 """
 from __future__ import annotations
 
-from .shardindex import ShardIndex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # ShardIndex names its own members through member_at
+    from .shardindex import ShardIndex
 
 
 class CorruptSample(ValueError):
     """An image that does not decode; the message names its file (and tar member)."""
 
 
-def member_of(index: ShardIndex, i: int) -> str:
-    """Sample i as "<shard>: member <name>": the name from the tar header just before its data."""
-    t, off, _ = index.where[i]
-    tar = index.tars[t]
+def member_at(tar: Path, off: int) -> str:
+    """The member whose data starts at byte `off` of `tar` as "<shard>: member <name>": the name
+    from the tar header just before that data."""
     try:
         with open(tar, "rb") as f:
             f.seek(max(0, off - 512))
@@ -24,6 +27,12 @@ def member_of(index: ShardIndex, i: int) -> str:
     except OSError:
         name = ""
     return f"{tar}: member {name or f'at byte {off}'}"
+
+
+def member_of(index: ShardIndex, i: int) -> str:
+    """Sample i's JPEG as "<shard>: member <name>"."""
+    t, off, _ = index.where[i]
+    return member_at(index.tars[t], int(off))
 
 
 def corrupt(index: ShardIndex, i: int, error: BaseException) -> CorruptSample:
