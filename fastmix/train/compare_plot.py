@@ -97,7 +97,7 @@ def plot(runs: list[Run], target: float | None, path: Path, title: str) -> None:
     columns = max(1, min(3, len(labels), 200 // (max(map(len, labels), default=1) + 8)))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=10,
-                   title="run (and its settings that differ)", frameon=False)
+                   title="run (and its settings that differ)" if diff else "run", frameon=False)
     rows_of_legend = -(-len(labels) // columns) if handles else 0
     fig.suptitle(f"{title}\nplotted {time.strftime('%Y-%m-%d %H:%M')}", fontsize=12)
     fig.tight_layout(rect=(0, 0.04 + 0.03 * rows_of_legend, 1, 1))
