@@ -257,3 +257,27 @@ def test_parse_ascii_labels():
         rows[r, :len(digits)] = torch.tensor(list(digits))
     parsed = parse_ascii_labels(rows)
     assert parsed.dtype == torch.int64 and parsed.tolist() == labels
+
+
+def test_archive_links_are_listed_as_rejected_not_skipped(tmp_path):
+    """A symlink member of a class's inner tar used to vanish from the counts; it is now an Item that
+    is rejected with its reason (never followed: it could name any file)."""
+    import io
+    import tarfile
+    from fastmix.data.synth import jpeg_bytes, photo
+    import numpy as np
+    from layouts import tar_bytes
+    wnid = class_wnids(1)[0]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        data = jpeg_bytes(photo(np.random.default_rng(0), 0, (32, 24)))
+        info = tarfile.TarInfo(f"{wnid}_1.JPEG")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo(f"{wnid}_2.JPEG")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes([(f"{wnid}.tar", buf.getvalue())]))
+    items = ArchiveSource(tmp_path).items("train", [wnid])
+    assert [(i.name.rsplit(":", 1)[1], i.problem) for i in items] == [
+        (f"{wnid}_1.JPEG", ""), (f"{wnid}_2.JPEG", "a link inside the archive (not followed)")]

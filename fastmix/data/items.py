@@ -9,7 +9,7 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,17 +95,17 @@ def entries(folder: Path, real_root: str) -> list[Entry]:
     return out
 
 
-def labelled_val(found, label_of, keep: set[str], labels_file: Path) -> list[Item]:
-    """A flat val folder's entries as Items of the selected classes, in class order. A file without
-    a label stops the run; a name that is no file (a dangling link, a folder) is rejected, with its
-    class when it has a label and with none when not, so that it is still listed."""
+def labelled_val(items: list[Item], label_of, keep: set[str], labels_file) -> list[Item]:
+    """A flat val folder's Items (wnid still "") as those of the selected classes, in class order.
+    A file without a label stops the run; a name that is no file (a dangling link, a folder) is
+    rejected, with its class when it has a label and with none when not, so that it is still listed."""
     out = []
-    for e in found:
-        wnid = label_of(e.path)
-        if wnid is None and not e.problem:
-            raise SourceError(f"{e.path}: no val label in {labels_file}")
-        if wnid in keep or (wnid is None and e.problem):
-            out.append(e.item(wnid or ""))
+    for item in items:
+        wnid = label_of(item)
+        if wnid is None and not item.problem:
+            raise SourceError(f"{item.name}: no val label in {labels_file}")
+        if wnid in keep or (wnid is None and item.problem):
+            out.append(replace(item, wnid=wnid or ""))
     return sorted(out, key=lambda i: (i.wnid, i.name))
 
 

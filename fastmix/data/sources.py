@@ -77,8 +77,8 @@ class KaggleSource(Source):
             # PredictionString holds boxes: "<wnid> x0 y0 x1 y1 <wnid> ..."; the first token is the class.
             labels = {row["ImageId"]: row["PredictionString"].split()[0]
                       for row in csv.DictReader(f) if row.get("PredictionString", "").strip()}
-        return labelled_val(entries(val_dir, self.real_root), lambda p: labels.get(p.name.split(".")[0]),
-                            set(wnids), solution)
+        return labelled_val([e.item("") for e in entries(val_dir, self.real_root)],
+                            lambda i: labels.get(Path(i.path).name.split(".")[0]), set(wnids), solution)
 
 
 
@@ -141,9 +141,9 @@ class ArchiveSource(Source):
                     continue
                 member = index[wnid]
                 with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-                    files = sorted((m for m in inner if m.isfile()), key=lambda m: m.name)
+                    files = sorted((m for m in inner if not m.isdir()), key=lambda m: m.name)
                 out += [Item(wnid, str(path), f"{path}:{member.name}:{m.name}",
-                             member.offset_data + m.offset_data, m.size) for m in files]
+                             member.offset_data + m.offset_data, m.size, problem=_member_problem(m)) for m in files]
         return out
 
     def _val_items(self, wnids):
@@ -154,19 +154,22 @@ class ArchiveSource(Source):
         ground_truth = [int(x) for x in self._devkit_file(gt_name).split()]
         # Ground truth ids follow the devkit's own class order, not sorted WNIDs.
         id_to_wnid = {i: wnid for i, wnid, _ in self._meta}
-        keep, out = set(wnids), []
+        def label_of(item):
+            number = re.findall(r"\d+", Path(item.name.rsplit(":", 1)[1]).stem)
+            n = int(number[-1]) if number else 0
+            return id_to_wnid.get(ground_truth[n - 1]) if 1 <= n <= len(ground_truth) else None
+
         with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                number = re.findall(r"\d+", Path(m.name).stem)
-                n = int(number[-1]) if number else 0
-                if not 1 <= n <= len(ground_truth):
-                    raise SourceError(f"{path}:{m.name}: no val label in the devkit's {gt_name}")
-                wnid = id_to_wnid.get(ground_truth[n - 1])
-                if wnid in keep:
-                    out.append(Item(wnid, str(path), f"{path}:{m.name}", m.offset_data, m.size))
-        return sorted(out, key=lambda i: (i.wnid, i.name))
+            found = [Item("", str(path), f"{path}:{m.name}", m.offset_data, m.size, problem=_member_problem(m))
+                     for m in tf if not m.isdir()]
+        return labelled_val(found, label_of, set(wnids), f"the devkit's {gt_name}")
+
+
+def _member_problem(m: tarfile.TarInfo) -> str:
+    """Why an archive member is not read: links inside an archive are listed, not followed."""
+    if m.isfile():
+        return ""
+    return "a link inside the archive (not followed)" if m.issym() or m.islnk() else "not a file inside the archive"
 
 
 LAYOUTS = {cls.kind: cls for cls in (ImageFolderSource, KaggleSource, ArchiveSource)}

@@ -101,6 +101,7 @@ class TinyImageNetSource(Source):
                 raise TinyImageNetError(f"{labels_file}: line {n} is not '<file>\\t<wnid>\\t<box>'")
             labels[fields[0].strip()] = fields[1].strip()
         try:
-            return labelled_val(entries(images, self.real_root), lambda p: labels.get(p.name), set(wnids), labels_file)
+            return labelled_val([e.item("") for e in entries(images, self.real_root)],
+                                lambda i: labels.get(Path(i.path).name), set(wnids), labels_file)
         except SourceError as e:
             raise TinyImageNetError(str(e)) from None
