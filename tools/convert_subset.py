@@ -14,7 +14,6 @@ goes on from the last finished shard.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmix.data.convert import ConvertConfig, ConvertError, convert  # noqa: E402
+from fastmix.data.manifest import read_manifest  # noqa: E402
 from fastmix.data.sources import LAYOUT_NAMES, SPLITS, SourceError, detect_layout  # noqa: E402
 from fastmix.train import cli  # noqa: E402
 
@@ -89,8 +89,8 @@ def verify_only(out: str) -> int:
     for line in problems:
         print(f"verify: {line}", file=sys.stderr)
     try:
-        count = f" ({len(json.loads((Path(out) / 'manifest.json').read_text())['files'])} files)"
-    except (OSError, ValueError, KeyError, TypeError):
+        count = f" ({len(read_manifest(out)['files'])} files)"
+    except (OSError, ValueError):  # already among the problems
         count = ""
     print(f"verify: {'FAILED' if problems else 'ok'}{count}")
     return 1 if problems else 0
