@@ -87,3 +87,12 @@ def test_a_link_out_of_the_source_is_followed_and_said_so(hostile):
         assert info["outside_source"] == 1
         assert any(note.startswith(f"{split}: 1 files are symlinks to outside the source folder")
                    for note in manifest["source"]["notes"])
+
+
+def test_an_error_naming_an_odd_file_is_still_one_line(hostile, tmp_path):
+    src = hostile[0]
+    missing = tmp_path / "class\nlist.txt"
+    r = subprocess.run([*CLI, "--source", str(src), "--out", str(tmp_path / "out"), "--class-list", str(missing)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"convert_subset: {tmp_path}/class\\nlist.txt: class list not found"], r.stderr

@@ -137,8 +137,8 @@ def convert_main(a: argparse.Namespace) -> int:
         resume=a.resume, overwrite=a.overwrite)
     try:
         manifest = convert(cfg)
-    except ConvertError as e:
-        return cli.fail("convert_subset", e)
+    except ConvertError as e:  # one line even when it names a file whose name holds a newline
+        return cli.fail("convert_subset", shown(str(e)))
     print(summary(manifest, out))
     return verify_only(out) if a.verify else 0
 
