@@ -36,7 +36,10 @@ def is_variant(row: dict) -> bool:
 def per_core_rates(loaders: dict, path: Path) -> dict[tuple[str, int], float]:
     """(backend, image size) -> images/s per CPU core used, from a bench.loaders JSON."""
     rates = {}
-    for r in loaders.get("rows", []):
+    rows = loaders.get("rows") if isinstance(loaders, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"backend", "image_size"} <= set(r) for r in rows):
+        raise ValueError(f"{path}: not a bench.loaders result (its rows need 'backend' and 'image_size')")
+    for r in rows:
         if is_variant(r) or r["backend"] == "synthetic":
             continue
         if r.get("cpu_cores_used", 0) <= 0 or r.get("images_per_s", 0) <= 0:

@@ -261,6 +261,7 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"bench.tta: {e}", file=sys.stderr)
         return 2
+    cli.read_converted(a.data)  # not a converted folder: one line, before any backend is tried
     wanted = settings(a, device, host)
     backends = a.backends.split(",") if a.backends else list(CPU_BACKENDS if device == "cpu" else GPU_BACKENDS)
     result = json.loads(state.read_text()) if state.is_file() else None

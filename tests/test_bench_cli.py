@@ -145,12 +145,16 @@ def test_loaders_refuses_bad_input_in_one_line_before_measuring(args, says, tmp_
     assert not (tmp_path / "runs").exists()  # nothing measured, nothing written
 
 
-def test_stages_and_convert_refuse_bad_input_in_one_line(tmp_path):
+def test_the_other_commands_refuse_bad_input_in_one_line(tmp_path):
+    (tmp_path / "feed.json").write_text(json.dumps({"rows": [{"gpu": "t4"}]}))  # not a loaders result
     for args, says in ((["bench.stages", "--data", tmp_path / "missing"], "not a converted folder"),
                        (["bench.stages", "--backends", "resident"], "resident: unknown backend"),
-                       (["bench.convert", "--images", tmp_path / "missing", "--skip-throughput"], "not a folder")):
+                       (["bench.convert", "--images", tmp_path / "missing", "--skip-throughput"], "not a folder"),
+                       (["bench.tta", "--data", tmp_path / "missing"], "not a converted folder"),
+                       (["bench.feed", "--loaders", tmp_path / "feed.json"], "feed.json: not a bench.loaders result")):
         done = bench(*args, cwd=tmp_path)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()  # bench.tta tried no backend and wrote no tta.json
 
 
 def test_replot_into_bench_results_needs_publish(tmp_path, capsys):
