@@ -43,6 +43,24 @@ def make_loader(backend: str, data: str, split: str = "train", batch_size: int =
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 
+# The LoaderConfig fields only some backends read (every other field is read by all but synthetic,
+# which reads batch_size, image_size, device, dtype, seed, last_batch and num_classes alone).
+OWN_OPTIONS = {"pil": ("imagefolder",), "ffcv": ("order", "os_cache"), "dali": ("decode_device", "hw_decoder_load"),
+               "resident": ("crop", "padding", "memory_share"), "synthetic": ("num_classes",)}
+
+
+def options(backend: str) -> tuple[str, ...]:
+    """The make_loader options `backend` reads: one it does not read would be dropped unused."""
+    import dataclasses
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    own = {name for names in OWN_OPTIONS.values() for name in names}
+    common = [f.name for f in dataclasses.fields(LoaderConfig) if f.name not in own]
+    if backend == "synthetic":
+        common = ["batch_size", "image_size", "device", "dtype", "seed", "last_batch"]
+    return (*common, *OWN_OPTIONS.get(backend, ()))
+
+
 # What each backend needs beyond torch: the modules whose import loads its compiled parts.
 # `import ffcv` loads ffcv._libffcv (and libturbojpeg, OpenCV's libraries); nvidia.dali.backend
 # is DALI's C++ library. opencv reads the .beton through ffcv's Reader.
@@ -65,4 +83,4 @@ def unavailable(backend: str) -> str | None:
     return None
 
 
-__all__ = ["BACKENDS", "LoaderConfig", "make_loader", "unavailable"]
+__all__ = ["BACKENDS", "LoaderConfig", "make_loader", "options", "unavailable"]

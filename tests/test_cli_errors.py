@@ -31,7 +31,8 @@ TOOLS = {"train": train_tool, "evaluate": evaluate_tool, "estimate_cost": estima
 def files(tmp: Path) -> dict:
     """Inputs the rows refer to: {name} in a row's argv is replaced by the path."""
     (tmp / "data").mkdir()
-    (tmp / "data" / "classes.json").write_text(json.dumps([{"wnid": "a", "name": "a"}, {"wnid": "b", "name": "b"}]))
+    classes = [{"index": i, "wnid": w, "name": w} for i, w in enumerate("ab")]  # as convert_subset.py writes it
+    (tmp / "data" / "classes.json").write_text(json.dumps(classes))
     (tmp / "bad-classes").mkdir()
     (tmp / "bad-classes" / "classes.json").write_text("{not json")
     (tmp / "garbage.pt").write_bytes(b"\x00\x01 not a checkpoint at all" * 10)

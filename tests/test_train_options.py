@@ -76,7 +76,8 @@ def test_ema_weights_are_the_decayed_average(flat_converted, tmp_path):
     assert saved.keys() == held.keys() and all(torch.equal(saved[k], held[k]) for k in held)
     last = after_steps[-1]
     assert any(not torch.allclose(ema[k], last[k]) for k in last), "the EMA must lag the weights"
-    assert float(rows(tmp_path)[-1]["ema_top1"]) == pytest.approx(trainer.evaluate(trainer.ema.module)["top1"])
+    # epochs.csv keeps two decimals of a top-1 (runlog.ROUNDING)
+    assert float(rows(tmp_path)[-1]["ema_top1"]) == pytest.approx(trainer.evaluate(trainer.ema.module)["top1"], abs=0.005)
 
 
 def test_best_checkpoint_holds_the_best_epoch(flat_converted, tmp_path, monkeypatch):

@@ -12,6 +12,11 @@ Examples:
   tools/evaluate.py --checkpoint convmixer_768_32.pth --model convmixer_768_32 --data data/imagenet100
   tools/evaluate.py --checkpoint timm:convmixer_1536_20.in1k --data data/imagenet1k --crop-ratio 0.96
 
+A fastmix checkpoint records the classes it was trained on (classes.json's WNIDs, in label order):
+data of other classes, even as many, is refused in one line unless --other-classes is given (for
+transfer). Its saved config, and the config.yaml beside it, are checked as --set values are: a
+damaged value is one line naming the file and the key.
+
 A checkpoint is read as tensors only (torch.load weights_only): a file that would need to run code
 to load is refused, naming it. --trust-checkpoint unpickles it fully (it can run any code it
 carries): only for a file whose source you trust, e.g. a training checkpoint holding Python objects.
@@ -35,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--model", help="registered variant for a plain state_dict (e.g. convmixer_768_32)")
     p.add_argument("--ema", action="store_true", help="a fastmix checkpoint's EMA weights")
     p.add_argument("--backend", help="loader backend (default: the checkpoint's, else pil-wds)")
+    p.add_argument("--other-classes", action="store_true",
+                   help="score a fastmix checkpoint on data of other classes than it was trained on (transfer)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle the checkpoint fully, which can run code it carries (trusted files only)")
     p.add_argument("--image-size", type=cli.positive, help="default: the checkpoint's val size, else 224")
@@ -50,12 +57,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict | int:
     a = parse_args(argv)
+    from fastmix.data.manifest import read_classes
     from fastmix.train.evaluate import evaluate
     from fastmix.train.weights import load_weights
-    classes_file = Path(a.data) / "classes.json"
     try:
-        classes = read_classes(classes_file)
-        model, info = load_weights(a.checkpoint, classes, a.model, a.ema, trust=a.trust_checkpoint)
+        classes = read_classes(a.data)
+        model, info = load_weights(a.checkpoint, classes, a.model, a.ema, trust=a.trust_checkpoint,
+                                   other_classes=a.other_classes)
     except (FileNotFoundError, ValueError) as e:
         return cli.fail("evaluate", e)
     cfg = info.pop("config", {})
@@ -68,7 +76,8 @@ def main(argv=None) -> dict | int:
               **evaluate(model.to(device, memory_format=torch_format(channels_last)), loader, device, precision,
                          channels_last)}
     print(f"{a.checkpoint}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['eval_loss']:.4f}  "
-          f"{result['eval_images']} images at {result['eval_images_per_s']:.0f} img/s  ({result['head']})")
+          f"{result['eval_images']} images at {result['eval_images_per_s']:.0f} img/s  ({result['head']}"
+          + (f"; classes: {result['classes']})" if "classes" in result else ")"))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
@@ -83,8 +92,7 @@ def prepare(a, cfg: dict):
     channels_last = cfg.get("channels_last", "auto") != "off"
     run_config = Path(a.checkpoint).parent / "config.yaml"  # the trainer's resolved choice, if beside it
     if cfg and run_config.is_file():
-        import yaml
-        channels_last = bool(yaml.safe_load(run_config.read_text()).get("channels_last", channels_last))
+        channels_last = resolved_channels_last(run_config, channels_last)
     micro = cfg.get("micro_batch")
     batch = a.batch_size or (2 * (micro if isinstance(micro, int) else micro.get(cfg["model"], 64)) if cfg else 128)
     size = a.image_size or cfg.get("val_image_size") or cfg.get("image_size") or 224
@@ -102,16 +110,18 @@ def ratio(text: str) -> float:
     return value
 
 
-def read_classes(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; convert the data first (tools/convert_subset.py)")
-    try:
-        classes = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not JSON ({e})") from None
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) for c in classes):
-        raise ValueError(f"{path}: expected a list of classes (as tools/convert_subset.py writes it)")
-    return classes
+def resolved_channels_last(path: Path, default: bool) -> bool:
+    """The memory format the trainer chose, from its config.yaml: read without aliases, its config
+    checked as --set values are, channels_last a boolean; anything else one line naming the file."""
+    from fastmix import safeyaml
+    from fastmix.train.recipe import saved_config
+    info = safeyaml.load_mapping(path, "the trainer's config.yaml (a mapping)")
+    if "config" in info:
+        saved_config(info["config"], f"{path}: config")
+    value = info.get("channels_last", default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{path}: channels_last: expected true or false, got {value!r}")
+    return value
 
 
 def torch_format(channels_last: bool):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
+from fastmix import safeyaml
 
 from .environment import cpu_flags, cpu_isa, cpu_name
 
@@ -61,16 +61,13 @@ def host_cpu(entry: Device, flags: frozenset[str]) -> Device:
 
 def load_catalog(path: str | Path | None = None, host_flags: frozenset[str] | None = None) -> dict[str, Device]:
     """The catalog, its `cpu` entry describing a host with `host_flags` (default: this one's)."""
-    entries = yaml.safe_load(BUILTIN.read_text())
+    entries = safeyaml.load(BUILTIN)
     path = path or os.environ.get("FASTMIX_CATALOG")
     if path:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: catalog file not found")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+        user = safeyaml.load(path) or {}  # no aliases (fastmix/safeyaml.py)
         if not isinstance(user, dict) or not all(isinstance(f, dict) for f in user.values()):
             raise ValueError(f"{path}: expected a mapping of catalog keys to fields, like gpus.yaml")
         for key, fields in user.items():

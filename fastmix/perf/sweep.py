@@ -19,8 +19,7 @@ import re
 import statistics
 from pathlib import Path
 
-import yaml
-
+from fastmix import safeyaml
 from fastmix.devices.catalog import load_catalog, present_device
 from fastmix.model.convmixer import VARIANTS, ConvMixerConfig
 from fastmix.model.flops import convmixer_ops, totals
@@ -54,7 +53,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise SweepError(f"--grid {item!r}: {key!r} is already an axis; give all its values in one --grid")
         if key == "out":
             raise SweepError(f"--grid {item!r}: each cell's out is OUT/cells/<cell>; sweep --out instead")
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        grid[key] = [safeyaml.loads(v, f"--grid {item!r}") for v in values.split(",")]
     if not grid:
         raise SweepError("no --grid given")
     return grid

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from fastmix import safeyaml
 
 from . import checks
 
@@ -127,12 +128,7 @@ def recipe_config(name: str | None, overrides: dict) -> TrainConfig:
     values = {}
     if name:
         path = recipe_path(name)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise checks.ConfigError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise checks.ConfigError(f"{path}: expected a mapping of TrainConfig keys")
+        values = safeyaml.load_mapping(path, "a mapping of TrainConfig keys")  # no aliases (safeyaml.py)
         checks.unknown_keys(values, FIELDS, str(path))
     checks.unknown_keys(overrides, FIELDS, "--set")
     values = {**values, **overrides}
@@ -140,6 +136,20 @@ def recipe_config(name: str | None, overrides: dict) -> TrainConfig:
         model = values.get("model", TrainConfig.model)
         values["out"] = f"{values.get('out') or f'runs/{Path(name).stem}'}-{model}"
     return TrainConfig(**values)
+
+
+def saved_config(values, where: str) -> TrainConfig:
+    """A config read from a file (a checkpoint's, a run's config.yaml) checked as --set values are,
+    any refusal one line naming `where` and the key."""
+    if not isinstance(values, dict):
+        raise checks.ConfigError(f"{where}: expected a mapping of TrainConfig keys, got a {type(values).__name__}")
+    try:
+        checks.unknown_keys(values, FIELDS, where)
+        return TrainConfig(**values)
+    except checks.ConfigError as e:
+        raise checks.ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise checks.ConfigError(f"{where}: {e}") from None
 
 
 def merge_flags(sets: dict, flags: dict) -> dict:
@@ -160,9 +170,9 @@ def parse_sets(pairs: list[str]) -> dict:
         if not sep:
             raise checks.ConfigError(f"--set {pair!r}: expected key=value")
         try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise checks.ConfigError(f"--set {pair!r}: the value is not YAML") from None
+            out[key.strip().replace("-", "_")] = safeyaml.loads(value, f"--set {pair!r}")
+        except safeyaml.YAMLRefused as e:
+            raise checks.ConfigError(str(e).replace(": not YAML", ": the value is not YAML", 1)) from None
     return out
 
 

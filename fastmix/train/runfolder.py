@@ -152,8 +152,9 @@ def budget_chose_epochs(saved: dict, config: dict, record: dict | None = None) -
 def read_resume(path: Path, config: dict, allow_changes: bool) -> dict:
     """The checkpoint to resume from, once its settings are checked against `config`."""
     state = checkpoint.load(path)
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+    if not isinstance(state, dict) or "config" not in state:
         raise ValueError(f"{path}: not a fastmix checkpoint (no config)")
+    checkpoint.check_resume(state, path)  # every value it holds, as --set values are checked
     if budget_chose_epochs(state["config"], config, state.get("time_budget")):
         config = {**config, "epochs": state["config"]["epochs"]}
     changed = check_resume(path, state["config"], config, allow_changes)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -32,11 +31,12 @@ import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
+from fastmix.data.manifest import read_classes
 from fastmix.devices.environment import cpu_summary
 from fastmix.model.convmixer import create_model
 from loaders import make_loader
 
-from . import budget, checkpoint, distributed, loadercost, runfolder, speed
+from . import budget, checkpoint, checks, distributed, loadercost, runfolder, speed
 from .augment import BatchAugment
 from .evaluate import evaluate
 from .mfu import MFU
@@ -55,6 +55,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         runfolder.check(self.out, resume, overwrite)  # before any work
+        checks.out_folder(self.out)
         saved = runfolder.read_resume(self.out / "last.pt", cfg.to_dict(), allow_changes) if resume else None
         kept = saved is not None and runfolder.budget_chose_epochs(saved["config"], cfg.to_dict(),
                                                                    saved.get("time_budget"))
@@ -63,10 +64,10 @@ class Trainer:
         self.dist, self.device = distributed.init(speed.resolve_device(cfg.device))
         self.precision = speed.resolve_precision(cfg.precision, self.device)
         checkpoint.seed_everything(cfg.seed + self.dist.rank)  # mixup/erasing differ per rank
-        classes = Path(cfg.data) / "classes.json"
-        if not classes.is_file():
-            raise FileNotFoundError(f"{classes}: not found; convert the data first (tools/convert_subset.py)")
-        self.num_classes = len(json.loads(classes.read_text()))
+        self.class_ids = checkpoint.class_ids(read_classes(cfg.data))
+        self.num_classes = len(self.class_ids)
+        checkpoint.resume_classes(saved, self.class_ids, self.out / "last.pt", allow_changes)
+        checks.on_this_machine(cfg)  # before anything is built
 
         speed.compute_threads(cfg.threads)  # before the probe: an earlier ffcv import may have set 1
         self.cudnn_benchmark = speed.configure_cudnn()  # before the probe: it measures what the run uses
@@ -390,7 +391,7 @@ class Trainer:
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "epoch": epoch, "updates": self.updates, "best_top1": self.best_top1,
                      "update_times": self.update_times, "rng": rng, "config": self.cfg.to_dict(),
-                     "time_budget": self.budget}
+                     "time_budget": self.budget, "classes": self.class_ids}
             checkpoint.save(self.out / "last.pt", state)
             if best:
                 shutil.copyfile(self.out / "last.pt", self.out / "best.tmp")
@@ -404,12 +405,7 @@ class Trainer:
             raise ValueError(f"{self.out / 'last.pt'}: its weights do not fit {self.cfg.model} "
                              f"({str(e).splitlines()[0]})") from None
         # the schedule is not read back: rebuilt from the config, it is stepped to `updates` below
-        checkpoint.load_optimizer(self.optimizer, state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        checkpoint.restore_states(self, state, self.out / "last.pt")
         self.start_epoch, self.updates = state["epoch"] + 1, state["updates"]
         self.best_top1, self.update_times = state["best_top1"], list(state.get("update_times", []))
         self.schedule.step_update(self.updates)
-        rng = state["rng"]
-        checkpoint.set_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])

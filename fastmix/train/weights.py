@@ -70,9 +70,10 @@ def _read_state(path: Path, trust: bool = False) -> dict:
 
 
 def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
-                 ema: bool = False, trust: bool = False) -> tuple[nn.Module, dict]:
+                 ema: bool = False, trust: bool = False, other_classes: bool = False) -> tuple[nn.Module, dict]:
     """(model in eval mode with a head for `classes`, what was loaded). `trust` unpickles the
-    file fully (it may run code); without it, a file that needs more than tensors is refused."""
+    file fully (it may run code); without it, a file that needs more than tensors is refused.
+    A fastmix checkpoint trained on other classes than `classes` is refused unless `other_classes`."""
     if spec.startswith("timm:"):
         import timm
         model = timm.create_model(spec[5:], pretrained=True)
@@ -82,7 +83,10 @@ def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
     state = _read_state(path, trust)
     info = {"weights": str(path)}
     if isinstance(state, dict) and "config" in state and "model" in state:  # a fastmix checkpoint
-        config = state["config"]
+        config = checkpoint.check_weights(state, path)  # its config as --set values are checked, one line if not
+        differ = checkpoint.classes_differ(state.get("classes"), checkpoint.class_ids(classes))
+        if differ and not other_classes:
+            raise ValueError(f"{path}: {differ}; pass --other-classes to score it on these anyway")
         if ema and state.get("ema") is None:
             raise ValueError(f"{path}: the run kept no EMA weights (ema: false)")
         weights = state["ema"] if ema else state["model"]
@@ -91,7 +95,8 @@ def load_weights(spec: str, classes: list[dict], model_name: str | None = None,
         name, overrides = model_name or config["model"], config.get("model_overrides", {})
         epoch = state.get("epoch")  # the checkpoint keeps the 0-based index; logs count from 1
         info.update(kind="fastmix checkpoint", epoch=epoch + 1 if isinstance(epoch, int) else epoch, ema=ema,
-                    config=config)
+                    config=config, classes=("not recorded (an older checkpoint)" if state.get("classes") is None
+                                            else f"other than the data's: {differ}" if differ else "the data's"))
     else:
         for key in ("state_dict", "model"):  # common wrappers around a timm state_dict
             if isinstance(state, dict) and isinstance(state.get(key), dict):
