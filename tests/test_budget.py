@@ -1,14 +1,18 @@
-"""time_budget_min: the trainer measures an update and an evaluation here, then runs the most
-epochs (up to the recipe's) that fit; the choice is saved and a resume keeps it."""
+"""time_budget_min: the trainer measures an update and an evaluation here, plans the most updates
+(whole epochs up to the recipe's, then a cut last one) that fit, re-plans after the first epoch
+from its measured time, and ends inside the budget; the plan is saved and a resume keeps it."""
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from fastmix.train.budget import epochs_within
+from fastmix.train import budget
+from fastmix.train.budget import epochs_within, updates_within
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -26,8 +30,30 @@ def test_epochs_within_counts_each_epochs_own_cost():
     assert epochs_within(40.0, 9, ramp, 0.0) == 5  # 5+5+10+10+10 = 40
 
 
-def run(data, out, *extra):
-    return train_tool.main([*TINY, "--data", str(data), "--out", str(out), *extra])
+def test_updates_within_fills_the_budget_with_a_cut_last_epoch(monkeypatch):
+    monkeypatch.setattr(budget, "LOADER_COST_UPDATES", 6)
+    monkeypatch.setattr(budget, "MIN_LAST_EPOCH", 0.2)
+    one = lambda k, e: 1.0  # noqa: E731  (1 s an update; 10 updates, 6 timed, an evaluation of 2 s: 18 s an epoch)
+    assert updates_within(54.0, 9, 10, one, 2.0) == (3, 10)   # three whole epochs, exactly
+    assert updates_within(60.0, 9, 10, one, 2.0) == (3, 10)   # 6 s left: not one update after a 4th's costs
+    assert updates_within(70.0, 9, 10, one, 2.0) == (4, 8)    # 16 s left: 8 updates + timing + evaluation
+    assert updates_within(70.0, 3, 10, one, 2.0) == (3, 10)   # never more epochs than the recipe's
+    assert updates_within(1.0, 9, 10, one, 2.0) == (1, 10)    # at least one whole epoch where none fits
+    assert updates_within(12.0, 9, 10, one, 2.0) == (1, 4)    # ... or a cut one where 20 % of it fits
+    # after the first epoch (over; the budget is what is left): 40 s buys two more whole epochs,
+    # 48 s two more and a fourth cut to 4 updates (48 - 36 - 6 - 2)
+    assert updates_within(40.0, 9, 10, one, 2.0, done=1) == (3, 10)
+    assert updates_within(48.0, 9, 10, one, 2.0, done=1) == (4, 4)
+
+
+def test_epoch_updates_cuts_only_the_last_epoch():
+    record = {"last_epoch_updates": 7}
+    assert [budget.epoch_updates(record, k, 3, 10) for k in range(3)] == [10, 10, 7]
+    assert budget.total_updates(record, 3, 10) == 27 and budget.total_updates(None, 3, 10) == 30
+
+
+def run(data, out, *extra, started=None):
+    return train_tool.main([*TINY, "--data", str(data), "--out", str(out), *extra], started=started)
 
 
 def test_the_budget_picks_the_epochs_through_the_cli(flat_converted, tmp_path, capsys):
@@ -36,13 +62,13 @@ def test_the_budget_picks_the_epochs_through_the_cli(flat_converted, tmp_path, c
     data, _, _ = flat_converted
     assert run(data, tmp_path / "small", "--epochs", "6", "--set", "time_budget_min=0.001") == 0
     out = capsys.readouterr().out
-    assert "time budget 0.001 min: 1 epochs fit" in out
+    assert "time budget 0.001 min: 1 epochs = " in out
     small = yaml.safe_load((tmp_path / "small" / "config.yaml").read_text())
     assert small["config"]["epochs"] == 1 and small["time_budget"]["epochs"] == 1
     assert set(small["time_budget"]["update_s"]) == {"32"} and small["time_budget"]["eval_s"] > 0
 
     assert run(data, tmp_path / "big", "--epochs", "2", "--set", "time_budget_min=60") == 0
-    assert "2 epochs fit" in capsys.readouterr().out
+    assert "time budget 60 min: 2 epochs = " in capsys.readouterr().out
     big = yaml.safe_load((tmp_path / "big" / "config.yaml").read_text())
     assert big["config"]["epochs"] == 2
     # the resume does not measure again, and is not refused for "epochs 1 -> 6"
@@ -51,3 +77,30 @@ def test_the_budget_picks_the_epochs_through_the_cli(flat_converted, tmp_path, c
     assert torch.load(tmp_path / "small" / "last.pt", weights_only=True)["config"]["epochs"] == 1
     again = yaml.safe_load((tmp_path / "small" / "config.yaml").read_text())  # rewritten by the resume
     assert again["time_budget"] == small["time_budget"]
+
+
+def test_a_budget_of_seconds_is_planned_replanned_and_kept(flat_converted, tmp_path, capsys, monkeypatch):
+    """Through tools/train.py with a tiny model: the plan comes from the update timed here, it is
+    re-planned after the first epoch from that epoch's measured seconds, the schedule spans the
+    updates the re-plan bought (the one-cycle lr ends at 0), and the command ends inside its budget.
+    Epochs of a second on a shared 2-core machine vary by more than a half-hour run's epochs do:
+    the re-plan's slack is 15 % here (3 % as shipped)."""
+    monkeypatch.setattr(budget, "REPLAN_SLACK", 0.15)
+    data, _, _ = flat_converted
+    budget_s, started = 24.0, time.time()
+    assert run(data, tmp_path / "run", "--epochs", "200", "--set", f"time_budget_min={budget_s / 60}",
+               started=started) == 0
+    elapsed = time.time() - started
+    out = capsys.readouterr().out
+    assert f"time budget {budget_s / 60:g} min: " in out and "time budget re-planned after epoch 1" in out
+    assert elapsed <= budget_s, f"the run took {elapsed:.1f} s of a {budget_s:.0f} s budget:\n{out}"
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["time_budget"]
+    assert set(record["update_s"]) == {"32"} and record["update_s"]["32"] > 0  # measured here
+    assert record["replan"]["measured_train_s"] > 0 and record["first_plan"]["updates"] > 0
+    assert record["model"] == {"dim": 16, "depth": 2, "kernel": 3, "patch": 4}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    used = summary["time_budget_used"]
+    assert used["updates"] == used["planned_updates"] == record["updates"] == summary["updates"]
+    assert used["epochs"] == record["epochs"] == len(summary["epochs"]) > 1
+    assert used["wall_s"] <= budget_s
+    assert float(summary["epochs"][-1]["lr"]) == 0.0  # the one-cycle schedule ended where the re-plan did

@@ -82,7 +82,9 @@ def config(args):
     return recipe_config(args.recipe, merge_flags(parse_sets(args.set), {k: getattr(args, k) for k in FLAGS}))
 
 
-def main(argv=None) -> int:
+def main(argv=None, started: float | None = None) -> int:
+    """`started`: time.time() when the command started (a time budget counts from it); else now."""
+    started = time.time() if started is None else started
     args = parse_args(argv)
     try:
         cfg = config(args)
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
     from fastmix.train.trainer import NonFiniteLoss, Trainer
     trainer = None
     try:
-        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes,
+                          started=started)
         if not explicit and trainer.dist.is_main:
             announce(Path(cfg.out), latest)
         summary = trainer.fit()
@@ -152,4 +155,5 @@ def interrupted(out: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import psutil  # the process's own start: the interpreter and imports count against a time budget
+    sys.exit(main(started=psutil.Process().create_time()))

@@ -1,11 +1,18 @@
-"""Epochs that fit a wall-clock budget (`time_budget_min`), decided once, before training, from
-an update and an evaluation timed on this machine.
+"""Updates that fit a wall-clock budget (`time_budget_min`): planned before training from an update
+and an evaluation timed on this machine, re-planned once after the first epoch from what that
+epoch really took.
 
 A recipe tuned on one machine ran twice as long on another: tiny64's 7 epochs took 25 minutes
 on a 2-core CPU with native bf16 (AVX512-BF16) and would take about an hour on a 2-core AVX2
-one, which has to compute in fp32. With a budget, `epochs` is the most the recipe runs and the
-trainer runs as many whole epochs as its measured speed fits, with the schedule (one-cycle,
-progressive sizes) laid over those epochs. The choice is saved with the run; a resume keeps it.
+one, which has to compute in fp32. What a budget buys is a number of updates (budget x speed), so
+the plan is in updates: as many whole epochs as fit (up to the recipe's `epochs`), then, where
+time is left and the recipe allows more epochs, a last epoch cut to the updates that still fit.
+The one-cycle schedule and the progressive sizes span exactly the planned updates.
+
+The first plan errs slow (a batch in memory, +10 % for the loader; runs ended 2-5 minutes early);
+the re-plan scales every later epoch by the first epoch's measured/predicted ratio and counts the
+evaluation and checkpoint as measured, against the seconds left of the budget counted from the
+start of the command. The plan is saved with the run and a resume keeps it.
 """
 from __future__ import annotations
 
@@ -18,13 +25,20 @@ import torch
 from fastmix.devices.allocator import keep_batch_buffers
 
 from . import loadercost, speed
+from .optim import build_schedule
 from .recipe import image_size_at
 
 # A real loader's cost over a batch in memory, and this timing's error: tiny64's epochs ran 4 %
-# (batch 128) and 18 % (batch 64) longer than the updates timed here; the budget's slack (27.5 of
-# 30 minutes) takes the rest.
+# (batch 128) and 18 % (batch 64) longer than the updates timed here. The re-plan replaces it
+# with the first epoch's measured ratio.
 LOADER_MARGIN = 0.10
 LOADER_COST_UPDATES = 6  # the trainer's per-epoch loader-free timing (warm-up + 5 updates)
+# After the re-plan: the spread of later epochs around the first one's rate (the 2-core VMs drifted
+# a few % within a run), and the seconds the command needs after its last checkpoint (summary, exit).
+REPLAN_SLACK = 0.03
+END_S = 5.0
+# A last, cut epoch shorter than this share of an epoch is not worth its evaluation
+MIN_LAST_EPOCH = 0.2
 
 
 def epochs_within(budget_s: float, most: int, epoch_s: Callable[[int, int], float], eval_s: float) -> int:
@@ -34,11 +48,42 @@ def epochs_within(budget_s: float, most: int, epoch_s: Callable[[int, int], floa
     return max(fits, default=1)
 
 
-def plan(trainer, budget_s: float) -> dict:
-    """Time the trainer's update at every size its schedule may visit and its evaluation; return
-    {"epochs", "update_s" per size, "eval_s", "budget_s"}; the timing's own seconds come off the
-    budget. The weights are left as they were."""
-    started = time.monotonic()
+def updates_within(budget_s: float, most: int, per_epoch: int, update_s: Callable[[int, int], float],
+                   eval_s: float, done: int = 0, done_s: float = 0.0) -> tuple[int, int]:
+    """(epochs E, updates of epoch E) for the most updates that fit `budget_s`: whole epochs first,
+    then a cut last epoch where E < `most`. update_s(k, E): seconds an update of epoch k takes in a run
+    of E epochs, its loader-free timing included; epochs before `done` are over and took `done_s`."""
+    def cost(k: int, e: int, n: int) -> float:
+        return n * update_s(k, e) + LOADER_COST_UPDATES * update_s(k, e) + eval_s
+    whole = done
+    for e in range(max(done, 1), most + 1):
+        if done_s + sum(cost(k, e, per_epoch) for k in range(done, e)) <= budget_s:
+            whole = e
+    if whole >= most:
+        return max(whole, 1), per_epoch
+    e = whole + 1  # one more, cut: what is left after the whole ones, under an (e)-epoch schedule
+    left = budget_s - done_s - sum(cost(k, e, per_epoch) for k in range(done, e - 1)) - cost(e - 1, e, 0)
+    n = min(per_epoch, int(left / update_s(e - 1, e))) if left > 0 else 0
+    if n >= max(1, MIN_LAST_EPOCH * per_epoch):
+        return e, n
+    return max(whole, 1), per_epoch
+
+
+def epoch_updates(record: dict | None, epoch: int, epochs: int, per_epoch: int) -> int:
+    """Updates in epoch `epoch` (from 0): all of an epoch, but the last one's planned cut."""
+    if record and epoch == epochs - 1:
+        return min(per_epoch, int(record.get("last_epoch_updates") or per_epoch))
+    return per_epoch
+
+
+def total_updates(record: dict | None, epochs: int, per_epoch: int) -> int:
+    return sum(epoch_updates(record, k, epochs, per_epoch) for k in range(epochs))
+
+
+def measure(trainer) -> tuple[dict, float]:
+    """({size: seconds of one update}, seconds of one evaluation): an update timed at every size the
+    schedule can visit (loader-free, a batch in memory) and an evaluation's forward passes. The
+    weights are left as they were."""
     cfg, device = trainer.cfg, trainer.device
     fmt = torch.channels_last if trainer.channels_last else torch.contiguous_format
     dtype = getattr(torch, speed.LOADER_DTYPE[trainer.precision])
@@ -46,7 +91,7 @@ def plan(trainer, budget_s: float) -> dict:
     def batch(n: int, size: int):
         x = torch.randn(n, 3, size, size, device=device).to(dtype).contiguous(memory_format=fmt)
         return x, torch.randint(0, trainer.num_classes, (n,), device=device)
-    sizes = sorted({image_size_at(dataclasses.replace(cfg, epochs=e), k)
+    sizes = sorted({image_size_at(cfg, k, e)
                     for e in range(1, cfg.epochs + 1) for k in range(e)})
     loss = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -66,13 +111,7 @@ def plan(trainer, budget_s: float) -> dict:
         forward_s = speed.median_seconds(lambda: _forward(trainer, x), device, 3, warmup=2)
     trainer.model.train()
     eval_s = len(trainer.val_loader) * forward_s * (2 if trainer.ema is not None else 1)  # EMA's weights too
-    budget_s -= time.monotonic() - started
-
-    def epoch_s(k: int, e: int) -> float:
-        s = update_s[image_size_at(dataclasses.replace(cfg, epochs=e), k)]
-        return s * (trainer.updates_per_epoch * (1 + LOADER_MARGIN) + LOADER_COST_UPDATES)
-    return {"epochs": epochs_within(budget_s, cfg.epochs, epoch_s, eval_s), "budget_s": round(budget_s, 1),
-            "update_s": {str(k): round(v, 4) for k, v in update_s.items()}, "eval_s": round(eval_s, 3)}
+    return update_s, eval_s
 
 
 def _forward(trainer, x):
@@ -80,18 +119,124 @@ def _forward(trainer, x):
         trainer.model(x)
 
 
+def _sizes(cfg, epochs: int) -> list[int]:
+    return [image_size_at(cfg, k, epochs) for k in range(epochs)]
+
+
+def _describe(cfg, trainer, epochs: int, last: int) -> dict:
+    """What a plan buys: epochs, updates, images, the size of each epoch and the model's shape."""
+    per_epoch = trainer.updates_per_epoch
+    updates = (epochs - 1) * per_epoch + last
+    model = trainer.model.config if hasattr(trainer.model, "config") else None
+    return {"epochs": epochs, "last_epoch_updates": last, "updates_per_epoch": per_epoch, "updates": updates,
+            "images": updates * cfg.batch_size * trainer.dist.world_size, "sizes": _sizes(cfg, epochs),
+            "model": {k: getattr(model, k) for k in ("dim", "depth", "kernel", "patch") if hasattr(model, k)}}
+
+
+def plan(trainer, budget_s: float) -> dict:
+    """The first plan: measure(), then the most updates that fit what is left of `budget_s` once the
+    timing's own seconds are off it."""
+    started = time.monotonic()
+    cfg = trainer.cfg
+    update_s, eval_s = measure(trainer)
+    budget_s -= time.monotonic() - started
+    per_epoch = trainer.updates_per_epoch
+
+    def seconds(k: int, e: int) -> float:
+        return update_s[image_size_at(cfg, k, e)] * (1 + LOADER_MARGIN)
+    epochs, last = updates_within(budget_s, cfg.epochs, per_epoch, seconds, eval_s)
+    return {**_describe(cfg, trainer, epochs, last), "most_epochs": cfg.epochs,
+            "budget_total_s": round(60 * cfg.time_budget_min, 1), "budget_s": round(budget_s, 1),
+            "update_s": {str(k): round(v, 4) for k, v in update_s.items()}, "eval_s": round(eval_s, 3)}
+
+
 def timed_sizes(update_s: dict) -> str:
     """"0.24 s at 40 px, 0.43 s at 56 px": plan()'s update timings, as the console and the report say them."""
     return ", ".join(f"{float(v):.2f} s at {k} px" for k, v in update_s.items())
 
 
-def choose(trainer, elapsed_s: float) -> dict:
-    """plan() for what is left of the budget, agreed by every rank (the fewest epochs), and said."""
+def bought(record: dict) -> str:
+    """"13 epochs + 312 updates = 9,684 updates (619,776 images) at 40-56 px, ConvMixer dim 256 depth 6 ..."."""
+    epochs, last = record["epochs"], record["last_epoch_updates"]
+    whole = f"{epochs} epochs" if last == record["updates_per_epoch"] else f"{epochs - 1} epochs + {last} updates"
+    sizes = sorted(set(record["sizes"]))
+    size = f"{sizes[0]} px" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} px"
+    model = " ".join(f"{k} {v}" for k, v in record.get("model", {}).items())
+    return f"{whole} = {record['updates']:,} updates ({record['images']:,} images) at {size}" + \
+        (f", ConvMixer {model}" if model else "")
+
+
+def choose(trainer, started: float) -> dict:
+    """plan() for what is left of the budget since `started` (time.time() at the start of the
+    command), agreed by every rank (the fewest updates), and said."""
     cfg = trainer.cfg
-    chosen = plan(trainer, 60 * cfg.time_budget_min - elapsed_s)
-    chosen["epochs"] = int(min(trainer.dist.gather(chosen["epochs"])))
+    chosen = plan(trainer, 60 * cfg.time_budget_min - (time.time() - started))
+    chosen = _agree(trainer, cfg, chosen)
     if trainer.dist.is_main:
-        print(f"time budget {cfg.time_budget_min:g} min: {chosen['epochs']} epochs fit (an update takes "
-              f"{timed_sizes(chosen['update_s'])}; "
-              f"an evaluation {chosen['eval_s']:.0f} s)", flush=True)
+        print(f"time budget {cfg.time_budget_min:g} min: {bought(chosen)} fit (an update takes "
+              f"{timed_sizes(chosen['update_s'])}; an evaluation {chosen['eval_s']:.0f} s)", flush=True)
     return chosen
+
+
+def _agree(trainer, cfg, record: dict) -> dict:
+    """Every rank runs the plan of the rank that can afford the fewest updates."""
+    fewest = min(trainer.dist.gather(record["updates"]))
+    if fewest == record["updates"]:
+        epochs, last = record["epochs"], record["last_epoch_updates"]
+    else:
+        per = trainer.updates_per_epoch
+        epochs, last = -(-fewest // per), fewest - per * (-(-fewest // per) - 1)
+    return {**record, **_describe(cfg, trainer, epochs, last)}
+
+
+def replan(trainer, first: dict, started: float) -> dict:
+    """After the first epoch: `first` holds its measured seconds ("train_s": the loop and the
+    loader-free timing, "eval_s": evaluations, log and checkpoint). Every later update is scaled by the
+    measured/planned ratio of the first epoch's; the evaluation counts as measured. Returns the
+    new record (the first plan kept under "first_plan") and says it."""
+    cfg, record = trainer.cfg, trainer.budget
+    per_epoch, planned_epochs = trainer.updates_per_epoch, cfg.epochs
+    update_s = {int(k): float(v) for k, v in record["update_s"].items()}
+    size0 = image_size_at(cfg, 0)
+    predicted = update_s[size0] * (epoch_updates(record, 0, planned_epochs, per_epoch) + LOADER_COST_UPDATES)
+    ratio = first["train_s"] / predicted
+    left = 60 * cfg.time_budget_min - (time.time() - started) - END_S
+
+    def seconds(k: int, e: int) -> float:
+        return update_s[image_size_at(cfg, k, e)] * ratio * (1 + REPLAN_SLACK)
+    most = int(record.get("most_epochs", cfg.epochs))
+    epochs, last = updates_within(left, most, per_epoch, seconds, first["eval_s"], done=1)
+    if epochs == 1:  # the first epoch is over whole: nothing is cut from it afterwards
+        last = epoch_updates(record, 0, planned_epochs, per_epoch)
+    new = {**record, **_describe(cfg, trainer, epochs, last),
+           "replan": {"measured_train_s": round(first["train_s"], 1), "planned_train_s": round(predicted, 1),
+                      "ratio": round(ratio, 3), "eval_s": round(first["eval_s"], 1), "left_s": round(left, 1)},
+           "first_plan": {k: record[k] for k in ("epochs", "last_epoch_updates", "updates")}}
+    new = _agree(trainer, cfg, new)
+    if trainer.dist.is_main:
+        print(f"time budget re-planned after epoch 1 (it took {ratio:.2f}x the planned time): "
+              f"{bought(new)}", flush=True)
+    return new
+
+
+def used(record: dict | None, updates: int, epochs: int, wall_s: float) -> dict | None:
+    """The plan against what the run did: for summary.json."""
+    if not record:
+        return None
+    return {"planned_updates": record["updates"], "updates": updates, "planned_epochs": record["epochs"],
+            "epochs": epochs, "budget_s": record.get("budget_total_s"), "wall_s": round(wall_s, 1)}
+
+
+def after_first_epoch(trainer, epoch: int, train_s: float, eval_s: float) -> bool:
+    """Re-plan once, at the end of a budgeted run's first epoch: the epochs, the cut of the last one
+    and the schedule that spans them. `eval_s`: the epoch's evaluation, log and checkpoint. True
+    where it re-planned (the caller saves the new plan)."""
+    record = trainer.budget
+    if not record or epoch != 0 or "replan" in record or "update_s" not in record:
+        return False
+    trainer.budget = replan(trainer, {"train_s": train_s, "eval_s": eval_s}, trainer.started)
+    trainer.cfg = dataclasses.replace(trainer.cfg, epochs=trainer.budget["epochs"])
+    trainer.schedule = build_schedule(trainer.optimizer, trainer.cfg, trainer.updates_per_epoch,
+                                      total_updates(trainer.budget, trainer.cfg.epochs, trainer.updates_per_epoch))
+    trainer.schedule.step_update(trainer.updates)
+    return True

@@ -40,8 +40,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, fused: 
     return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps, **extra)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> Scheduler:
-    total = cfg.epochs * updates_per_epoch
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int,
+                   total: int | None = None) -> Scheduler:
+    """Over `total` updates (a time budget's plan, whose last epoch may be cut), else every epoch's."""
+    total = cfg.epochs * updates_per_epoch if total is None else total
     if cfg.schedule == "onecycle":
         return OneCycleLR(optimizer, total)
     warmup = int(cfg.warmup_epochs * updates_per_epoch)

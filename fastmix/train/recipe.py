@@ -176,13 +176,14 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def image_size_at(cfg: TrainConfig, epoch: int) -> int:
+def image_size_at(cfg: TrainConfig, epoch: int, epochs: int | None = None) -> int:
     """Progressive resizing: `start` -> image_size by `until` x epochs, in steps of 32 px (FFCV's
-    ImageNet schedule), or of 8 px below 128 px, where 32 px steps would leave two sizes."""
+    ImageNet schedule), or of 8 px below 128 px, where 32 px steps would leave two sizes.
+    `epochs`: in a run of that many epochs instead of cfg.epochs (a time budget's plans)."""
     if not cfg.progressive:
         return cfg.image_size
     start, until = int(cfg.progressive["start"]), float(cfg.progressive.get("until", 0.75))
-    end_epoch = max(1, round(until * cfg.epochs) - 1)
+    end_epoch = max(1, round(until * (cfg.epochs if epochs is None else epochs)) - 1)
     size = np.interp(epoch, [0, end_epoch], [start, cfg.image_size])
     step = 32 if cfg.image_size >= 128 else 8
     return int(min(cfg.image_size, max(32, size // step * step)))

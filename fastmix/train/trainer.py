@@ -48,10 +48,12 @@ from .stepstats import NonFiniteLoss, UpdateStats, check_streaks  # noqa: F401  
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, allow_changes: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, allow_changes: bool = False,
+                 started: float | None = None):
         """`resume` continues OUT/last.pt (other settings than it was saved with need `allow_changes`);
-        a folder that holds a run is refused without one of `resume` and `overwrite` (runfolder.py)."""
-        started = time.monotonic()
+        a folder that holds a run is refused without one of `resume` and `overwrite` (runfolder.py).
+        `started`: time.time() at the start of the command, from which a time budget counts."""
+        self.started = time.time() if started is None else started
         self.cfg = cfg
         self.out = Path(cfg.out)
         runfolder.check(self.out, resume, overwrite)  # before any work
@@ -107,10 +109,11 @@ class Trainer:
         # before the schedule, which spans the epochs; a resume kept the first start's choice and its record
         self.budget = saved.get("time_budget") if kept else None
         if saved is None and cfg.time_budget_min:
-            self.budget = budget.choose(self, time.monotonic() - started)
+            self.budget = budget.choose(self, self.started)
             self.budget.setdefault("most_epochs", cfg.epochs)  # what a resume compares (runfolder.budget_chose_epochs)
             self.cfg = cfg = dataclasses.replace(cfg, epochs=self.budget["epochs"])
-        self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch)
+        self.schedule = build_schedule(self.optimizer, cfg, self.updates_per_epoch,
+                                       budget.total_updates(self.budget, cfg.epochs, self.updates_per_epoch))
         self._last_batch = None
 
         self.mfu = MFU(model.config, self.num_classes, self.device, self.precision, self.dist.world_size)
@@ -234,13 +237,14 @@ class Trainer:
         self.net.train()
         self.stats.new_epoch()
         self.train_hits.zero_()
-        progress = Progress(epoch, cfg.epochs, self.updates_per_epoch, self.dist.is_main, cfg.progress_every_s)
+        n = budget.epoch_updates(self.budget, epoch, cfg.epochs, self.updates_per_epoch)  # a budget may cut the last
+        progress = Progress(epoch, cfg.epochs, n, self.dist.is_main, cfg.progress_every_s)
         start = window_start = time.perf_counter()
         window, waited, out_of_memory, batches = 0, 0.0, None, iter(loader)
         speed.compute_threads(cfg.threads)  # ffcv's iter() resets torch's threads to its workers
         epoch_waited, micro = 0.0, None
         try:
-            for i in range(self.updates_per_epoch):
+            for i in range(n):
                 t0 = time.perf_counter()
                 micro = [next(batches) for _ in range(self.accum_steps)]
                 stall = time.perf_counter() - t0  # the loop waiting for the loader
@@ -257,7 +261,7 @@ class Trainer:
                 progress.advance()
                 logged = self.updates % cfg.log_every == 0
                 line = i == 0 or logged or progress.overdue()
-                if line or i == self.updates_per_epoch - 1:  # the only host syncs
+                if line or i == n - 1:  # the only host syncs
                     stats = self._read(epoch, size, window, window_start, waited, logged)
                     progress.show(i + 1, fields(stats["loss"], self._lr(), stats["images_per_s"],
                                                 stats["data_wait_share"]), line)
@@ -277,7 +281,7 @@ class Trainer:
                                        device=self.device), self.train_hits.double()])
         loss_sum, updates, correct, seen = self.dist.sum_(sums).tolist()
         return {"train_loss": loss_sum / max(1, updates), "train_top1": 100 * correct / seen if seen else None,
-                "images_per_s": self.updates_per_epoch * cfg.batch_size * self.dist.world_size / elapsed,
+                "images_per_s": n * cfg.batch_size * self.dist.world_size / elapsed,
                 "epoch_time_s": elapsed, "data_wait_share": epoch_waited / elapsed, "image_size": size,
                 "nonfinite_skipped": int(stats["nonfinite"]), "scaler_skipped": int(stats["scaler_skipped"])}
 
@@ -336,12 +340,14 @@ class Trainer:
         """Train the remaining epochs; with `budget_s`, stop after the first epoch that ends past it
         (bench.tta). Each epoch's row holds `wall_s`: seconds since this fit() began (a resumed run
         counts from its resume), evaluation and checkpoints included, the loader-cost timing not."""
-        cfg, start, measuring = self.cfg, time.perf_counter(), 0.0
-        for epoch in range(self.start_epoch, cfg.epochs):
+        start, measuring, epoch = time.perf_counter(), 0.0, self.start_epoch
+        while epoch < self.cfg.epochs:  # a time budget re-plans the epochs after the first
+            t_epoch = time.perf_counter()
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
             t0 = time.perf_counter()
             row.update(self.loader_cost(row["images_per_s"]))
             measuring += time.perf_counter() - t0  # a measurement, not training: left out of wall_s
+            t1 = time.perf_counter()
             row.update(self.evaluate())
             row["mfu"] = self.mfu(row["images_per_s"], row["image_size"])
             if self.ema is not None:
@@ -349,10 +355,16 @@ class Trainer:
             best = row["top1"] > self.best_top1
             self.best_top1 = max(self.best_top1, row["top1"])
             row["wall_s"] = time.perf_counter() - start - measuring
-            self.log.epoch(row, cfg.epochs, self.updates)
+            self.log.epoch(row, self.cfg.epochs, self.updates)
             self._save(epoch, best)
+            # the evaluation, the log and the checkpoint timed as they are: each epoch pays them
+            if budget.after_first_epoch(self, epoch, t1 - t_epoch, time.perf_counter() - t1):
+                if self.dist.is_main:
+                    self._write_config()  # config.yaml names the new plan
+                self._save(epoch, False)  # and last.pt: a resume continues the re-planned run
             if budget_s is not None and row["wall_s"] >= budget_s:
                 break
+            epoch += 1
         summary = self.summary()
         self.log.summary(summary)
         return summary
@@ -380,7 +392,8 @@ class Trainer:
                 "first_update_s": times[0] if times else None, "median_update_s": steady,
                 # measured around the compilations themselves (speed.CompileTimer)
                 "compile_s": self.compile_timer.seconds if self.cfg.compile else None,
-                "compilations": self.compile_timer.compilations if self.cfg.compile else None}
+                "compilations": self.compile_timer.compilations if self.cfg.compile else None,
+                "time_budget_used": budget.used(self.budget, self.updates, len(rows), time.time() - self.started)}
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, epoch: int, best: bool) -> None:
