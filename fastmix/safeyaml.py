@@ -5,7 +5,7 @@ An alias (`*name`) repeats a node, and nested aliases multiply: an 845-byte reci
 an 18 MB config.yaml, and a node that aliases itself recursed until Python gave up. No fastmix
 file needs them, so any alias is refused, naming the file and line, before anything is built.
 Nesting deeper than Python's recursion allows is refused the same way, as is a file over
-MAX_BYTES (recipes and configs are a few kilobytes).
+MAX_BYTES (recipes and configs are a few kilobytes). dumps() writes what loads() reads: no aliases.
 """
 from __future__ import annotations
 
@@ -27,6 +27,17 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise YAMLRefused(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
                               "accepted; write the value out")
         return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def dumps(value) -> str:
+    """YAML that loads() reads back: an object met twice is written out twice, never as an alias
+    (PyYAML's safe_dump writes a list or dict the value holds twice as &id001 / *id001)."""
+    return yaml.dump(value, Dumper=_NoAliasDumper, sort_keys=False)
 
 
 def loads(text: str, where: str):

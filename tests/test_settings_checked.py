@@ -136,3 +136,18 @@ def test_out_that_is_read_only_is_one_line(data, tmp_path, capsys):
         if mounted:
             subprocess.run(["umount", str(locked)], check=True)
         locked.chmod(0o755)
+
+
+def test_the_trainer_writes_no_aliases_and_compare_reads_none(tmp_path, capsys):
+    """PyYAML's safe_dump writes an object held twice as &id001/*id001, which the loader refuses:
+    config.yaml goes through safeyaml.dumps, and tools/compare.py reads it through the loader."""
+    shared = [1, 2]
+    text = safeyaml.dumps({"a": shared, "b": {"c": shared}})
+    assert "&" not in text and safeyaml.loads(text, "t") == {"a": [1, 2], "b": {"c": [1, 2]}}
+    import compare  # tools/compare.py
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("config: &c {lr: 0.1}\nagain: *c\n")
+    rc = compare.main([str(run), "--out", str(tmp_path / "c.png")])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and str(run / "config.yaml") in line and "aliases (*c)" in line, line

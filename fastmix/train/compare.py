@@ -18,8 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from fastmix import safeyaml
 from fastmix.model.convmixer import VARIANTS
 
 RUN_FILES = ("epochs.csv", "summary.json", "config.yaml")
@@ -83,8 +82,10 @@ def _read_json(path: Path) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())  # safe_load: nothing in the file runs
-    except (OSError, yaml.YAMLError) as e:
+        data = safeyaml.load(path)  # nothing in the file runs, no aliases (fastmix/safeyaml.py)
+    except safeyaml.YAMLRefused as e:  # names the file already
+        raise CompareError(str(e)) from None
+    except OSError as e:
         raise CompareError(f"{path}: not readable YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise CompareError(f"{path}: expected a mapping")

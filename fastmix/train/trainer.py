@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
+from fastmix import safeyaml
 from fastmix.data.manifest import read_classes
 from fastmix.devices.environment import cpu_summary
 from fastmix.model.convmixer import create_model
@@ -137,7 +137,7 @@ class Trainer:
 
     def _write_config(self) -> dict:
         info = self.describe()
-        (self.out / "config.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        (self.out / "config.yaml").write_text(safeyaml.dumps(info))  # no aliases: read back by safeyaml
         return info
 
     # -- data -----------------------------------------------------------------------------
