@@ -179,9 +179,14 @@ def budget(d: dict) -> str:
     b = d.get("time_budget")
     if not b:
         return "No time budget: a fixed number of epochs"
-    from fastmix.train.budget import timed_sizes
-    return (f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs (an update timed at "
-            f"{timed_sizes(b['update_s'])}, an evaluation at {b['eval_s']:.0f} s)")
+    from fastmix.train.budget import bought, timed_sizes
+    timed = f"an update timed at {timed_sizes(b['update_s'])}, an evaluation at {b['eval_s']:.0f} s"
+    if "updates" not in b:  # a record from before budgets planned updates: whole epochs
+        return f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs ({timed})"
+    first = b.get("first_plan")
+    replanned = (f"; after the first epoch, which took {b['replan']['ratio']:.2f}x the planned time, it re-planned "
+                 f"from {first['updates']:,} updates" if first else "")
+    return f"The {d['config']['time_budget_min']:g}-minute budget bought {bought(b)} ({timed}{replanned})"
 
 
 def evaluated(d: dict) -> str:

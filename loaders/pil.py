@@ -82,14 +82,23 @@ def _seeded(seed: int):
 class _ImageFolder(datasets.ImageFolder):
     """ImageFolder restricted to the converted classes, labelled as classes.json says."""
 
-    def __init__(self, root, wnids, transform, rejected: set[str]):
+    def __init__(self, root, wnids, transform, rejected: set[str], listed: list[tuple[str, int]] | None = None):
         self._wnids = wnids
-        super().__init__(root, transform=transform)
+        if listed is None:
+            super().__init__(root, transform=transform)
+        else:  # exactly the files the converter wrote (sources/<split>.jsonl): no walk, which would
+            # also meet files it skipped, and cannot read a flat val folder (Kaggle's)
+            datasets.VisionDataset.__init__(self, root, transform=transform)
+            self.loader, self.extensions = datasets.folder.default_loader, None
+            self.classes, self.class_to_idx = self.find_classes(None)
+            self.samples = listed
         # The converter's rejects (corrupt, empty, not images) would crash a DataLoader worker.
         self.samples = [s for s in self.samples if s[0] not in rejected]
         self.imgs, self.targets = self.samples, [label for _, label in self.samples]
 
     def find_classes(self, directory):
+        if directory is None:  # the listed files' classes, whatever the folders hold
+            return list(self._wnids), {w: i for i, w in enumerate(self._wnids)}
         missing = [w for w in self._wnids if not (Path(directory) / w).is_dir()]
         if missing:
             raise FileNotFoundError(f"{directory}: class folders missing: {missing[:5]}")
@@ -134,11 +143,8 @@ class PILLoader(BaseLoader):
                                         "tree (imagefolder=...)")
             classes = json.loads((Path(cfg.data) / "classes.json").read_text())
             rejected = {r["path"] for r in manifest_split(cfg)["rejected"]}
-            dataset = _ImageFolder(root, [c["wnid"] for c in classes], pil_transform(cfg), rejected)
             listed = source_files(cfg.data, cfg.split, cfg.imagefolder)  # exactly what the converter wrote
-            if listed is not None:  # (the walk above also meets files it skipped: links, other names)
-                dataset.samples = dataset.imgs = listed
-                dataset.targets = [label for _, label in listed]
+            dataset = _ImageFolder(root, [c["wnid"] for c in classes], pil_transform(cfg), rejected, listed)
         super().__init__(cfg, len(dataset))
         self.dataset, self._loader = dataset, None
 

@@ -104,3 +104,14 @@ def test_a_budget_of_seconds_is_planned_replanned_and_kept(flat_converted, tmp_p
     assert used["epochs"] == record["epochs"] == len(summary["epochs"]) > 1
     assert used["wall_s"] <= budget_s
     assert float(summary["epochs"][-1]["lr"]) == 0.0  # the one-cycle schedule ended where the re-plan did
+
+
+def test_a_first_epoch_cut_to_the_budget_is_not_replanned_into_a_whole_one():
+    """A budget under one epoch cut the first (only) epoch; a re-plan that added a second would count
+    the first as whole (total updates, schedule, sizes) and the one-cycle would never end."""
+    from types import SimpleNamespace
+    record = {"epochs": 1, "last_epoch_updates": 80, "updates": 80, "update_s": {"32": 0.01}}
+    trainer = SimpleNamespace(cfg=SimpleNamespace(epochs=1), budget=record, updates_per_epoch=100)
+    again = budget.replan(trainer, {"train_s": 1.0, "eval_s": 0.1}, time.time())
+    assert again["epochs"] == 1 and again["last_epoch_updates"] == 80 and "kept" in again["replan"]
+    assert budget.used({"epochs": 3, "update_s": {}}, 10, 3, 5.0)["planned_updates"] is None  # an older record

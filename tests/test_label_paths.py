@@ -281,3 +281,18 @@ def test_archive_links_are_listed_as_rejected_not_skipped(tmp_path):
     items = ArchiveSource(tmp_path).items("train", [wnid])
     assert [(i.name.rsplit(":", 1)[1], i.problem) for i in items] == [
         (f"{wnid}_1.JPEG", ""), (f"{wnid}_2.JPEG", "a link inside the archive (not followed)")]
+
+
+def test_pil_reads_a_kaggle_conversion_from_its_imagefolder_tree(sources, tmp_path):
+    """The sources file holds paths under the Kaggle download's root; the pil backend is given its
+    ImageFolder tree (ILSVRC/Data/CLS-LOC), and opens every written file with its label."""
+    from loaders import make_loader
+    out = tmp_path / "out"
+    manifest = convert(small_config(sources["kaggle"], out, formats=("wds",), workers=1))
+    tree = sources["kaggle"] / "ILSVRC" / "Data" / "CLS-LOC"
+    reference = ImageFolderSource(sources["imagefolder"])
+    for split in ("train", "val"):
+        loader = make_loader("pil", str(out), split, batch_size=4, image_size=32, imagefolder=str(tree), workers=0)
+        labels = torch.cat([y for _, y in loader]).tolist()
+        assert len(labels) == manifest["splits"][split]["written"] == len(reference.items(split, class_wnids(CLASSES)))
+        assert sorted(labels) == sorted(i // (len(labels) // CLASSES) for i in range(len(labels)))

@@ -178,4 +178,7 @@ def source_files(folder: str | Path, split: str, source_root: str | Path) -> lis
     layout = manifest["source"].get("layout") if isinstance(manifest.get("source"), dict) else None
     if not info.get("sources") or layout not in FILE_LAYOUTS:
         return None
-    return [(str(Path(source_root) / r["path"]), r["label"]) for r in read_sources(folder, info)]
+    # paths are relative to the source read; a Kaggle download's ImageFolder tree (what the pil
+    # backend is given) is its ILSVRC/Data/CLS-LOC folder
+    prefix = "ILSVRC/Data/CLS-LOC/" if layout == "kaggle" else ""
+    return [(str(Path(source_root) / r["path"].removeprefix(prefix)), r["label"]) for r in read_sources(folder, info)]

@@ -196,6 +196,10 @@ def replan(trainer, first: dict, started: float) -> dict:
     new record (the first plan kept under "first_plan") and says it."""
     cfg, record = trainer.cfg, trainer.budget
     per_epoch, planned_epochs = trainer.updates_per_epoch, cfg.epochs
+    if planned_epochs == 1 and record["last_epoch_updates"] < per_epoch:
+        # the first epoch was cut to the budget: a run whose later epochs were whole would count it
+        # whole (total_updates, the schedule, the sizes); the budget held less than an epoch anyway
+        return {**record, "replan": {"kept": "the first plan cut the only epoch"}}
     update_s = {int(k): float(v) for k, v in record["update_s"].items()}
     size0 = image_size_at(cfg, 0)
     predicted = update_s[size0] * (epoch_updates(record, 0, planned_epochs, per_epoch) + LOADER_COST_UPDATES)
@@ -223,7 +227,8 @@ def used(record: dict | None, updates: int, epochs: int, wall_s: float) -> dict 
     """The plan against what the run did: for summary.json."""
     if not record:
         return None
-    return {"planned_updates": record["updates"], "updates": updates, "planned_epochs": record["epochs"],
+    # .get: a record from before budgets planned updates (a resumed older run) has epochs only
+    return {"planned_updates": record.get("updates"), "updates": updates, "planned_epochs": record.get("epochs"),
             "epochs": epochs, "budget_s": record.get("budget_total_s"), "wall_s": round(wall_s, 1)}
 
 
