@@ -7,10 +7,6 @@ image file <_io.BytesIO ...>", "Not a JPEG file: starts with 0x00 0x00"), which 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # ShardIndex names its own members through member_at
-    from .shardindex import ShardIndex
 
 
 class CorruptSample(ValueError):
@@ -29,12 +25,12 @@ def member_at(tar: Path, off: int) -> str:
     return f"{tar}: member {name or f'at byte {off}'}"
 
 
-def member_of(index: ShardIndex, i: int) -> str:
-    """Sample i's JPEG as "<shard>: member <name>"."""
+def member_of(index, i: int) -> str:
+    """Sample i of `index` (a shardindex.ShardIndex; not imported: it imports this) as "<shard>: member <name>"."""
     t, off, _ = index.where[i]
     return member_at(index.tars[t], int(off))
 
 
-def corrupt(index: ShardIndex, i: int, error: BaseException) -> CorruptSample:
+def corrupt(index, i: int, error: BaseException) -> CorruptSample:
     """The one-line error for sample i that `error` (the decoder's) says does not decode."""
     return CorruptSample(f"{member_of(index, i)}: not a readable JPEG ({' '.join(str(error).split())})")
