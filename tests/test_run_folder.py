@@ -234,3 +234,13 @@ def test_a_budget_resume_with_other_epochs_is_listed_and_applied(flat_converted,
     rc, _, err = train(capsys, data, tmp_path / "again", "--epochs", "3", *budget)
     rc, _, err = train(capsys, data, tmp_path / "again", "--epochs", "3", *budget, "--resume")
     assert rc == 0 and "epochs" not in err, err
+
+
+def test_a_default_run_folder_under_a_file_is_one_line(flat_converted, tmp_path, capsys, monkeypatch):
+    data, _, _ = flat_converted
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    rc = train_tool.main([*TINY, "--data", str(data)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "runs is a file" in err and "Traceback" not in err
+    assert (tmp_path / "runs").read_text() == "not a folder"

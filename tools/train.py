@@ -89,6 +89,9 @@ def main(argv=None, started: float | None = None) -> int:
     try:
         cfg = config(args)
         explicit, latest = args.out is not None or "out" in parse_sets(args.set), Path(cfg.out).parent / "latest"
+        if not explicit:  # the default folder's base must be able to hold run folders (one line, not mkdir's traceback)
+            from fastmix.train.checks import out_folder
+            out_folder(cfg.out)
         cfg, created = (cfg, None) if explicit else run_folder(cfg, args.resume)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return cli.fail("train", e)
