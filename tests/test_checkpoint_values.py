@@ -112,6 +112,7 @@ BAD_RESUME = [
     ({"rng": []}, ["rng: expected a list of RNG states"]),
     ({"updates": -3}, ["updates: expected an update count"]),
     ({"scaler": [1]}, ["scaler: expected a GradScaler state_dict"]),
+    ({"time_budget": {"epochs": 2, "last_epoch_updates": "x"}}, ["time_budget.last_epoch_updates: expected a count"]),
     ({"optimizer": {"state": {}, "param_groups": []}}, ["optimizer: does not fit this run", "parameter groups"]),
 ]
 

@@ -186,6 +186,9 @@ def check_resume(state: dict, path: Path) -> None:
         isinstance(t, numbers.Real) and not isinstance(t, bool) for t in times), "a list of seconds")
     budget = state.get("time_budget")
     _need(path, "time_budget", budget, budget is None or isinstance(budget, dict), "a budget record or null")
+    for key in ("epochs", "last_epoch_updates", "updates", "most_epochs"):  # what a resume plans with (budget.py)
+        value = (budget or {}).get(key)
+        _need(path, f"time_budget.{key}", value, value is None or (_count(value) and value >= 1), "a count >= 1")
     rng = state.get("rng")
     _need(path, "rng", rng, isinstance(rng, list) and rng and all(_rng_ok(r) for r in rng),
           "a list of RNG states, one per rank (torch, numpy, python)")
