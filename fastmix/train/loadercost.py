@@ -117,3 +117,19 @@ def describe(lost: float | None, noise: float | None = None) -> str:
     if lost is not None:
         noise = max(noise or 0.0, -lost)
     return "not measurable" + (f", timing noise ±{100 * noise:.0f} %" if noise else "")
+
+
+def of_epoch(trainer, images_per_s: float) -> dict:
+    """The trainer's epoch rate against the same update with no loader running, timed after every
+    epoch so both see the same machine; {} under DDP (its all-reduce needs all ranks) or where the
+    device has no memory for the measurement's copies; no cost where noise swamps it."""
+    if trainer._last_batch is None or trainer.dist.enabled:
+        return {}
+    times = update_seconds(trainer.net, trainer.model, trainer.optimizer, trainer._last_batch,
+                           trainer.accum_steps, trainer.precision, trainer.device,
+                           # hard labels here: the run's loss without mixup's soft targets
+                           torch.nn.CrossEntropyLoss(label_smoothing=trainer.cfg.label_smoothing),
+                           trainer.channels_last, trainer.cfg.clip_grad)
+    if times is None:
+        return {}
+    return cost(images_per_s, trainer.cfg.batch_size, times)

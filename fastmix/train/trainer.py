@@ -345,7 +345,7 @@ class Trainer:
             t_epoch = time.perf_counter()
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
             t0 = time.perf_counter()
-            row.update(self.loader_cost(row["images_per_s"]))
+            row.update(loadercost.of_epoch(self, row["images_per_s"]))  # no loader running: what it cost
             measuring += time.perf_counter() - t0  # a measurement, not training: left out of wall_s
             t1 = time.perf_counter()
             row.update(self.evaluate())
@@ -368,20 +368,6 @@ class Trainer:
         summary = self.summary()
         self.log.summary(summary)
         return summary
-
-    def loader_cost(self, images_per_s: float) -> dict:
-        """The epoch's rate against the same update with no loader running (loadercost.py), timed
-        after every epoch so both see the same machine; not under DDP (its all-reduce needs all ranks)."""
-        if self._last_batch is None or self.dist.enabled:
-            return {}
-        times = loadercost.update_seconds(self.net, self.model, self.optimizer, self._last_batch,
-                                          self.accum_steps, self.precision, self.device,
-                                          # hard labels here: the run's loss without mixup's soft targets
-                                          torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing),
-                                          self.channels_last, self.cfg.clip_grad)
-        if times is None:  # no device memory for the measurement's copies
-            return {}
-        return loadercost.cost(images_per_s, self.cfg.batch_size, times)  # None where noise swamps it
 
     def summary(self) -> dict:
         rows = self.log.rows() if self.dist.is_main else []
