@@ -60,9 +60,13 @@ def test_a_log_file_gets_a_progress_line_every_interval(flat_converted, tmp_path
     for epoch in (1, 2):
         mine = [(t, m) for t, m in updates if m.group(1) == str(epoch)]
         done = [int(m.group(3)) for _, m in mine]
-        assert done[0] == 1 and done == sorted(done) and len(done) >= 3, done  # the first update, then by time
-        gaps = [b - a for (a, _), (b, _) in zip(mine, mine[1:])]
-        assert max(gaps) < 0.2 + 5, gaps  # the interval, plus room for one update on a loaded machine
+        assert done[0] == 1 and done == sorted(done), done  # the first update, then by time
+        # no silence longer than the interval (plus room for one update on a loaded machine) from the
+        # first update's line to the epoch's own line: how many lines that takes depends on the speed
+        ended = next(t for t, line in seen if line.startswith(f"epoch {epoch}/2  loss"))
+        times = [t for t, _ in mine] + [ended]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert max(gaps) < 0.2 + 5, gaps
     assert sum(line.startswith("epoch 2/2  loss") for _, line in seen) == 1  # the epoch's own line
     assert "\r" not in err.read_text() and "it/s" not in err.read_text()  # no bar as well
 

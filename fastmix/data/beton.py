@@ -173,6 +173,7 @@ def write_beton(path: Path, items: list[Item], labels: list[int], cfg) -> None:
         stop.set()
     except BaseException as e:
         stop.set()
+        _close_bars()
         _discard(writer, tmp)
         if isinstance(e, (_WriterDied, KeyboardInterrupt)) and watchdog.failure:
             raise _writer_error(path, watchdog.failure) from None
@@ -184,6 +185,14 @@ def write_beton(path: Path, items: list[Item], labels: list[int], cfg) -> None:
         os.close(read_fd)
         os.close(write_fd)
     os.replace(tmp, path)
+
+
+def _close_bars() -> None:
+    """End ffcv's progress bar, left open by the interruption, with its newline: the error line that
+    follows starts a line of its own."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _discard(writer, tmp: Path) -> None:
