@@ -235,6 +235,8 @@ SECTIONS = [
             missing=text.CPU_STEP_MISSING),
     Section("The CPU training step on 2 AVX2 cores (fp32)", "cpu-step-tiny64-avx2.json",
             cpu_step("cpu-step-tiny64-avx2"), missing=text.CPU_STEP_MISSING),
+    Section("Tiny ImageNet in 30 minutes on 2 cores with native bf16, planned in updates", "tiny64-cpu2-bf16/summary.json",
+            tiny64("tiny64-cpu2-bf16"), missing=text.TINY64_BF16_MISSING),
     Section("Tiny ImageNet in 30 minutes on 2 AVX2 cores (fp32)", "tiny64-cpu2-avx2/summary.json",
             tiny64("tiny64-cpu2-avx2"), missing=text.TINY64_AVX2_MISSING),
     Section("Tiny ImageNet in 30 minutes on 2 cores with native bf16 (earlier recipe)", "tiny64-cpu2/summary.json",

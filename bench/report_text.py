@@ -139,6 +139,9 @@ measured yet: the page gets its table when `bench/results/tta/tta.json` exists."
 TINY64_MISSING = """The `tiny64` recipe's 30-minute run on a 2-core CPU. Not measured yet: the page gets its table
 when `bench/results/tiny64-cpu2/summary.json` exists."""
 
+TINY64_BF16_MISSING = """The `tiny64` recipe's run with a budget planned in updates, on a 2-core CPU with native bf16. Not
+measured yet: the page gets its table when `bench/results/tiny64-cpu2-bf16/summary.json` exists."""
+
 TINY64_AVX2_MISSING = """The `tiny64` recipe's 30-minute run on a 2-core CPU without native bf16. Not measured yet: the page
 gets its table when `bench/results/tiny64-cpu2-avx2/summary.json` exists."""
 
