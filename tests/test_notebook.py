@@ -92,10 +92,11 @@ def test_a_bad_parameter_stops_at_the_set_up_cell(tmp_path, bad, words):
 def test_gpu_setup_installs_into_the_python_it_is_given(how):
     """The notebook runs `make gpu-setup PY=...`; README writes `PY=python3 make gpu-setup`. Both must
     install into that Python (the Makefile's `PY :=` beat the environment: README's form used .venv's)."""
-    env = {k: v for k, v in os.environ.items() if k != "PY"}
+    # not make's own variables: under `make test` (CI) a sub-make prints "Entering directory" first
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     if how == "environment":
         env["PY"] = "/opt/platform/python3"
     given = ["PY=/opt/platform/python3"] if how == "command line" else []
-    plan = subprocess.run(["make", "-n", "gpu-setup", *given], cwd=ROOT, env=env, capture_output=True, text=True,
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "gpu-setup", *given], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=True).stdout.splitlines()
     assert plan[0].startswith("/opt/platform/python3 -c ") and ".venv" not in "\n".join(plan), plan
