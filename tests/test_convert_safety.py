@@ -155,7 +155,10 @@ def test_ctrl_c_is_one_line_and_exit_code_130(imagefolder_source, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(CLI + ["--source", str(imagefolder_source), "--out", str(out), "--num-classes", "4",
                                    "--shard-size", "1", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal: a suite started in the background by a script inherits
+                            # SIGINT ignored, and Python then never raises KeyboardInterrupt (the run went on, rc 0)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (out / ".state" / "train-00001.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
