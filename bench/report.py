@@ -183,9 +183,11 @@ def budget(d: dict) -> str:
     timed = f"an update timed at {timed_sizes(b['update_s'])}, an evaluation at {b['eval_s']:.0f} s"
     if "updates" not in b:  # a record from before budgets planned updates: whole epochs
         return f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs ({timed})"
-    first = b.get("first_plan")
-    replanned = (f"; after the first epoch, which took {b['replan']['ratio']:.2f}x the planned time, it re-planned "
-                 f"from {first['updates']:,} updates" if first else "")
+    first, steps = b.get("first_plan"), b.get("replans") or ([b["replan"]] if "ratio" in b.get("replan", {}) else [])
+    # each re-plan: after the first epoch at a size, that size's measured/timed ratio
+    ratios = ", ".join(f"{r['size']} px {r['ratio']:.2f}x" if "size" in r else f"{r['ratio']:.2f}x" for r in steps)
+    replanned = (f"; re-planned from {first['updates']:,} updates after the first epoch at each size, which took "
+                 f"{ratios} the timed rate" if first and steps else "")
     return f"The {d['config']['time_budget_min']:g}-minute budget bought {bought(b)} ({timed}{replanned})"
 
 

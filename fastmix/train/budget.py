@@ -1,6 +1,6 @@
 """Updates that fit a wall-clock budget (`time_budget_min`): planned before training from an update
-and an evaluation timed on this machine, re-planned once after the first epoch from what that
-epoch really took.
+and an evaluation timed on this machine, re-planned after the first epoch at each image size from
+what that epoch really took.
 
 A recipe tuned on one machine ran twice as long on another: tiny64's 7 epochs took 25 minutes
 on a 2-core CPU with native bf16 (AVX512-BF16) and would take about an hour on a 2-core AVX2
@@ -9,10 +9,14 @@ the plan is in updates: as many whole epochs as fit (up to the recipe's `epochs`
 time is left and the recipe allows more epochs, a last epoch cut to the updates that still fit.
 The one-cycle schedule and the progressive sizes span exactly the planned updates.
 
-The first plan errs slow (a batch in memory, +10 % for the loader; runs ended 2-5 minutes early);
-the re-plan scales every later epoch by the first epoch's measured/predicted ratio and counts the
-evaluation and checkpoint as measured, against the seconds left of the budget counted from the
-start of the command. The plan is saved with the run and a resume keeps it.
+The first plan errs slow (a batch in memory, +10 % for the loader; runs ended 2-5 minutes early).
+One re-plan after the first epoch was not enough: the 40 px epoch ran 1.07x its timing but the
+56 px ones 0.85x, and a 29.5-minute run ended 3.6 minutes early. So every size re-plans once, after
+its first epoch: each size's timing is scaled by its own measured/predicted ratio (a size not yet
+run by the ratio of the largest one run), the evaluation and checkpoint count as measured, against
+the seconds left of the budget counted from the start of the command. Sizes never go back down:
+a re-plan that buys more epochs stretches the ramp only over the epochs still to come. The plan
+is saved with the run and a resume keeps it.
 """
 from __future__ import annotations
 
@@ -119,17 +123,26 @@ def _forward(trainer, x):
         trainer.model(x)
 
 
-def _sizes(cfg, epochs: int) -> list[int]:
-    return [image_size_at(cfg, k, epochs) for k in range(epochs)]
+def _sizes(cfg, epochs: int, done: list[int] = ()) -> list[int]:
+    """Each epoch's size in a run of `epochs`: the sizes of the epochs `done`, then the ramp over
+    the rest, never below the last size run."""
+    floor = done[-1] if done else 0
+    return list(done) + [max(floor, image_size_at(cfg, k, epochs)) for k in range(len(done), epochs)]
 
 
-def _describe(cfg, trainer, epochs: int, last: int) -> dict:
+def size_at(trainer, epoch: int) -> int:
+    """The size epoch `epoch` trains at: the plan's where a budget planned it."""
+    sizes = (trainer.budget or {}).get("sizes")
+    return int(sizes[epoch]) if sizes and epoch < len(sizes) else image_size_at(trainer.cfg, epoch)
+
+
+def _describe(cfg, trainer, epochs: int, last: int, done: list[int] = ()) -> dict:
     """What a plan buys: epochs, updates, images, the size of each epoch and the model's shape."""
     per_epoch = trainer.updates_per_epoch
     updates = (epochs - 1) * per_epoch + last
     model = trainer.model.config if hasattr(trainer.model, "config") else None
     return {"epochs": epochs, "last_epoch_updates": last, "updates_per_epoch": per_epoch, "updates": updates,
-            "images": updates * cfg.batch_size * trainer.dist.world_size, "sizes": _sizes(cfg, epochs),
+            "images": updates * cfg.batch_size * trainer.dist.world_size, "sizes": _sizes(cfg, epochs, done),
             "model": {k: getattr(model, k) for k in ("dim", "depth", "kernel", "patch") if hasattr(model, k)}}
 
 
@@ -186,14 +199,15 @@ def _agree(trainer, cfg, record: dict) -> dict:
     else:
         per = trainer.updates_per_epoch
         epochs, last = -(-fewest // per), fewest - per * (-(-fewest // per) - 1)
-    return {**record, **_describe(cfg, trainer, epochs, last)}
+    return {**record, **_describe(cfg, trainer, epochs, last, record["sizes"][:record.get("done_epochs", 0)])}
 
 
-def replan(trainer, first: dict, started: float) -> dict:
-    """After the first epoch: `first` holds its measured seconds ("train_s": the loop and the
-    loader-free timing, "eval_s": evaluations, log and checkpoint). Every later update is scaled by the
-    measured/planned ratio of the first epoch's; the evaluation counts as measured. Returns the
-    new record (the first plan kept under "first_plan") and says it."""
+def replan(trainer, measured: dict, started: float, epoch: int = 0) -> dict:
+    """After epoch `epoch` (from 0), the first at its size: `measured` holds its seconds ("train_s":
+    the loop and the loader-free timing, "eval_s": evaluation, log and checkpoint). That size's
+    timing is scaled by its measured/planned ratio, a size not run yet by the largest run size's,
+    each later epoch by its size's; the evaluation counts as measured. Returns the new record (the
+    first plan kept under "first_plan", each re-plan under "replans") and says it."""
     cfg, record = trainer.cfg, trainer.budget
     per_epoch, planned_epochs = trainer.updates_per_epoch, cfg.epochs
     if planned_epochs == 1 and record["last_epoch_updates"] < per_epoch:
@@ -201,25 +215,32 @@ def replan(trainer, first: dict, started: float) -> dict:
         # whole (total_updates, the schedule, the sizes); the budget held less than an epoch anyway
         return {**record, "replan": {"kept": "the first plan cut the only epoch"}}
     update_s = {int(k): float(v) for k, v in record["update_s"].items()}
-    size0 = image_size_at(cfg, 0)
-    predicted = update_s[size0] * (epoch_updates(record, 0, planned_epochs, per_epoch) + LOADER_COST_UPDATES)
-    ratio = first["train_s"] / predicted
+    sizes, done = record.get("sizes") or _sizes(cfg, planned_epochs), epoch + 1
+    size, n = int(sizes[epoch]), epoch_updates(record, epoch, planned_epochs, per_epoch)
+    predicted = update_s[size] * (n + LOADER_COST_UPDATES)
+    ratios = {**{int(k): v for k, v in record.get("ratios", {}).items()}, size: measured["train_s"] / predicted}
     left = 60 * cfg.time_budget_min - (time.time() - started) - END_S
 
     def seconds(k: int, e: int) -> float:
-        return update_s[image_size_at(cfg, k, e)] * ratio * (1 + REPLAN_SLACK)
+        s = max(size, image_size_at(cfg, k, e))
+        ratio = ratios[max((r for r in ratios if r <= s), default=max(ratios))]
+        return update_s[s] * ratio * (1 + REPLAN_SLACK)
     most = int(record.get("most_epochs", cfg.epochs))
-    epochs, last = updates_within(left, most, per_epoch, seconds, first["eval_s"], done=1)
-    if epochs == 1:  # the first epoch is over whole: nothing is cut from it afterwards
-        last = epoch_updates(record, 0, planned_epochs, per_epoch)
-    new = {**record, **_describe(cfg, trainer, epochs, last),
-           "replan": {"measured_train_s": round(first["train_s"], 1), "planned_train_s": round(predicted, 1),
-                      "ratio": round(ratio, 3), "eval_s": round(first["eval_s"], 1), "left_s": round(left, 1)},
-           "first_plan": {k: record[k] for k in ("epochs", "last_epoch_updates", "updates")}}
+    epochs, last = updates_within(left, most, per_epoch, seconds, measured["eval_s"], done=done)
+    if epochs == done:  # this epoch ends the run: nothing is cut from it afterwards
+        last = n
+    this = {"after_epoch": done, "size": size, "measured_train_s": round(measured["train_s"], 1),
+            "planned_train_s": round(predicted, 1), "ratio": round(ratios[size], 3),
+            "eval_s": round(measured["eval_s"], 1), "left_s": round(left, 1)}
+    new = {**record, **_describe(cfg, trainer, epochs, last, [int(s) for s in sizes[:done]]),
+           "done_epochs": done, "ratios": {str(k): round(v, 4) for k, v in ratios.items()},
+           "replan": record.get("replan", this), "replans": [*record.get("replans", []), this],
+           "first_plan": record.get("first_plan") or {k: record[k] for k in ("epochs", "last_epoch_updates", "updates")}}
     new = _agree(trainer, cfg, new)
+    this["updates"] = new["updates"]  # the dict "replans" (and a first "replan") hold
     if trainer.dist.is_main:
-        print(f"time budget re-planned after epoch 1 (it took {ratio:.2f}x the planned time): "
-              f"{bought(new)}", flush=True)
+        print(f"time budget re-planned after epoch {done} (its {size} px updates took {ratios[size]:.2f}x "
+              f"the planned time): {bought(new)}", flush=True)
     return new
 
 
@@ -232,14 +253,19 @@ def used(record: dict | None, updates: int, epochs: int, wall_s: float) -> dict 
             "epochs": epochs, "budget_s": record.get("budget_total_s"), "wall_s": round(wall_s, 1)}
 
 
-def after_first_epoch(trainer, epoch: int, train_s: float, eval_s: float) -> bool:
-    """Re-plan once, at the end of a budgeted run's first epoch: the epochs, the cut of the last one
-    and the schedule that spans them. `eval_s`: the epoch's evaluation, log and checkpoint. True
-    where it re-planned (the caller saves the new plan)."""
+def after_epoch(trainer, epoch: int, train_s: float, eval_s: float) -> bool:
+    """Re-plan at the end of a budgeted run's first epoch at each size: the epochs, the cut of the
+    last one, the sizes still to come and the schedule that spans them. `eval_s`: the epoch's
+    evaluation, log and checkpoint. True where it re-planned (the caller saves the new plan)."""
     record = trainer.budget
-    if not record or epoch != 0 or "replan" in record or "update_s" not in record:
+    if not record or "update_s" not in record or epoch >= trainer.cfg.epochs - 1:
         return False
-    trainer.budget = replan(trainer, {"train_s": train_s, "eval_s": eval_s}, trainer.started)
+    sizes = record.get("sizes") or _sizes(trainer.cfg, trainer.cfg.epochs)
+    if epoch and sizes[epoch] == sizes[epoch - 1]:
+        return False
+    if str(sizes[epoch]) in record.get("ratios", {}) or (epoch == 0 and "replan" in record):
+        return False  # re-planned already (a resumed run), or a record from one re-plan only
+    trainer.budget = replan(trainer, {"train_s": train_s, "eval_s": eval_s}, trainer.started, epoch)
     trainer.cfg = dataclasses.replace(trainer.cfg, epochs=trainer.budget["epochs"])
     trainer.schedule = build_schedule(trainer.optimizer, trainer.cfg, trainer.updates_per_epoch,
                                       total_updates(trainer.budget, trainer.cfg.epochs, trainer.updates_per_epoch))

@@ -231,7 +231,7 @@ class Trainer:
 
     # -- epochs -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
-        cfg, size = self.cfg, image_size_at(self.cfg, epoch)
+        cfg, size = self.cfg, budget.size_at(self, epoch)
         loader = self.train_loader(size)
         loader.set_epoch(epoch)
         self.net.train()
@@ -341,7 +341,7 @@ class Trainer:
         (bench.tta). Each epoch's row holds `wall_s`: seconds since this fit() began (a resumed run
         counts from its resume), evaluation and checkpoints included, the loader-cost timing not."""
         start, measuring, epoch = time.perf_counter(), 0.0, self.start_epoch
-        while epoch < self.cfg.epochs:  # a time budget re-plans the epochs after the first
+        while epoch < self.cfg.epochs:  # a time budget re-plans the epochs after the first at each size
             t_epoch = time.perf_counter()
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
             t0 = time.perf_counter()
@@ -358,7 +358,7 @@ class Trainer:
             self.log.epoch(row, self.cfg.epochs, self.updates)
             self._save(epoch, best)
             # the evaluation, the log and the checkpoint timed as they are: each epoch pays them
-            if budget.after_first_epoch(self, epoch, t1 - t_epoch, time.perf_counter() - t1):
+            if budget.after_epoch(self, epoch, t1 - t_epoch, time.perf_counter() - t1):
                 if self.dist.is_main:
                     self._write_config()  # config.yaml names the new plan
                 self._save(epoch, False)  # and last.pt: a resume continues the re-planned run
