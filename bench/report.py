@@ -216,6 +216,20 @@ def cpu_step(name: str) -> Callable[[dict], str]:
     return render
 
 
+def budget_sweep(d: dict) -> str:
+    """bench.budgets: top-1 against the budget, with what each budget bought and how it re-planned."""
+    from bench.budgets import table
+    rows = d["budgets"]
+    replans = "; ".join(f"{r['minutes']:g} min: " + ", ".join(f"{size} px {ratio:.2f}x" for size, ratio in r["replans"])
+                        for r in rows)
+    models = {" ".join(f"{k} {v}" for k, v in r["model"].items()) for r in rows}
+    return text.BUDGETS_BEFORE.format(recipe=d["recipe"], count=len(rows), host=d["host"], date=d["measured_at"],
+                                      minutes=",".join(f"{r['minutes']:g}" for r in rows)) + "\n\n" + table(d) + \
+        f"\nEvery budget trained ConvMixer {' / '.join(sorted(models))} at {rows[0]['precision']}. Each size's first " \
+        f"epoch against its timing (measured/timed, the ratio its re-plan used): {replans}.\n\n" \
+        "![top-1 against the budget](../bench/results/tiny64-budgets/budgets.png)"
+
+
 def time_to_accuracy(d: dict) -> str:
     from bench.tta import table
     run = next(r for r in d["backends"].values() if r["status"] == "done")
@@ -237,6 +251,8 @@ SECTIONS = [
             missing=text.CPU_STEP_MISSING),
     Section("The CPU training step on 2 AVX2 cores (fp32)", "cpu-step-tiny64-avx2.json",
             cpu_step("cpu-step-tiny64-avx2"), missing=text.CPU_STEP_MISSING),
+    Section("Tiny ImageNet: top-1 against the time budget", "tiny64-budgets/budgets.json", budget_sweep,
+            missing=text.BUDGETS_MISSING),
     Section("Tiny ImageNet in 30 minutes on 2 cores with native bf16, planned in updates", "tiny64-cpu2-bf16/summary.json",
             tiny64("tiny64-cpu2-bf16"), missing=text.TINY64_BF16_MISSING),
     Section("Tiny ImageNet in 30 minutes on 2 AVX2 cores (fp32)", "tiny64-cpu2-avx2/summary.json",

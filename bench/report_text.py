@@ -184,3 +184,18 @@ round-robin in one process, and the recipe variant's step split by op with torch
 Compare images/s across rows. MFU is against the host matmul this process measured first; on these
 VMs the same 1024² bf16 matmul read 0.20 to 0.40 TFLOP/s from one process to the next, so an MFU
 here is only as good as that reading."""
+
+BUDGETS_MISSING = """The `tiny64` recipe at several time budgets on one machine. Not measured yet: the page gets its
+table when `bench/results/tiny64-budgets/budgets.json` exists (`python -m bench.budgets --publish`)."""
+
+BUDGETS_BEFORE = """The `{recipe}` recipe on Tiny ImageNet's shared half (100 classes, 50,000 train / 5,000 val) at
+{count} time budgets, one after another on {host}, measured {date}:
+
+    python -m bench.budgets --data data/tinyimagenet-b --minutes {minutes} --publish
+
+What a budget buys is budget x speed, a number of updates, so one machine's budgets stand in for
+machines of other speeds. Each row is the whole `tools/train.py` command, timed from outside; top-1
+and top-5 are `tools/evaluate.py` on the run's best.pt at the recipe's test size, "last epoch" the
+top-1 of the run's last epoch. "updates" is what the run trained, the first plan's in brackets
+(timed before training; each size re-plans after its first epoch); "epochs" counts a cut last epoch
+as its share."""
