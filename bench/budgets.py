@@ -13,9 +13,11 @@ cores a second process slows the loop many times over). The budgets run one afte
 The runs, checkpoints included, go to runs/bench/budgets/runs/<M>min/ and its log to <M>min.log
 there (never committed). OUT gets per budget <M>min/ with the run's summary.json, epochs.csv,
 curves.png, evaluate.json and command.json (the command, its exit code and wall-clock seconds),
-then budgets.json, budgets.md (the table docs/benchmarks.md shows) and budgets.png. A budget whose
-command.json records a finished run is kept, so an interrupted sweep resumes; --overwrite runs it
-again. A run folder left by a stopped run is refused without --overwrite.
+then budgets.json, budgets.md (the table docs/benchmarks.md shows) and budgets.png, with every budget
+OUT holds (an earlier call's too). A budget whose command.json records a finished run of the same
+settings (recipe, data, --set) is kept, so an interrupted sweep resumes; a finished run of other
+settings, or a run folder left by a stopped run, is refused without --overwrite, which runs it
+again. --publish writes bench/results/<recipe>-budgets/.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     a = p.parse_args(argv)
-    a.out = Path(a.out) if a.out else (cli.PUBLISHED / "tiny64-budgets" if a.publish else cli.RUNS / "budgets")
+    a.out = Path(a.out) if a.out else (cli.PUBLISHED / f"{a.recipe}-budgets" if a.publish else cli.RUNS / "budgets")
     cli.check_writable(p, a.out / "budgets.json", a.publish)
     if not a.replot:
         if not a.data or not a.minutes:
@@ -73,18 +75,43 @@ def name(minutes: float) -> str:
     return f"{minutes:g}min"
 
 
+def settings(a) -> dict:
+    """What makes two runs at one budget the same measurement."""
+    return {"recipe": a.recipe, "data": str(Path(a.data).resolve()), "set": list(a.set)}
+
+
+def recorded(done: dict) -> dict:
+    """A record's settings; from its command line where it has none (a run recorded by hand)."""
+    if "settings" in done:
+        return done["settings"]
+    argv = done["argv"]
+    value = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in ("--recipe", "--data")}
+    sets = [argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag == "--set" and
+            not argv[i + 1].startswith("time_budget_min=")]
+    return {"recipe": value.get("--recipe"), "data": str(Path(value.get("--data", "")).resolve()), "set": sets}
+
+
+def finished(done: dict) -> bool:
+    return done.get("rc") == 0 and done.get("evaluate_rc") == 0
+
+
 def run_budget(a, minutes: float) -> dict:
     """tools/train.py at `minutes`, timed from outside, then tools/evaluate.py on its best.pt."""
     run = RUNS / name(minutes)
     record = run / "command.json"
     if record.is_file() and not a.overwrite:
         done = json.loads(record.read_text())
-        if done.get("rc") == 0:
+        if finished(done) and recorded(done) == settings(a):
             print(f"{name(minutes)}: already run ({done['wall_s'] / 60:.1f} min), kept")
             return done
+        if finished(done):
+            raise FileExistsError(f"{run}: a run of other settings ({recorded(done)}); "
+                                  "--overwrite runs this budget again")
     if run.exists() and not a.overwrite:
         raise FileExistsError(f"{run}: a run folder without a finished record (a stopped run?); "
                               "--overwrite runs this budget again")
+    for own in ("command.json", "evaluate.json"):  # this benchmark's records: an interrupted rerun leaves none
+        (run / own).unlink(missing_ok=True)
     sets = [x for s in a.set for x in ("--set", s)]
     argv = [sys.executable, str(ROOT / "tools" / "train.py"), "--recipe", a.recipe, "--data", a.data,
             "--set", f"time_budget_min={minutes:g}", *sets, "--out", str(run), "--overwrite"]
@@ -94,7 +121,7 @@ def run_budget(a, minutes: float) -> dict:
     started = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
-    done = {"argv": argv[1:], "rc": rc, "wall_s": round(time.time() - started, 1),
+    done = {"argv": argv[1:], "settings": settings(a), "rc": rc, "wall_s": round(time.time() - started, 1),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))}
     if rc == 0:
         rc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), "--checkpoint", str(run / "best.pt"),
@@ -117,7 +144,7 @@ def row(minutes: float, folder: Path) -> dict:
             "sizes": sorted({int(r["image_size"]) for r in epochs}), "val_size": scored["image_size"],
             "model": plan.get("model", {}), "best_top1": summary["best_top1"], "top1": scored["top1"],
             "top5": scored["top5"], "last_top1": float(epochs[-1]["top1"]),
-            "replans": [(r.get("size"), r["ratio"]) for r in plan.get("replans") or [plan["replan"]] if "ratio" in r],
+            "replans": [(r["size"], r["ratio"]) for r in plan.get("replans") or [] if "size" in r],
             "command_s": command["wall_s"], "unused_s": round(60 * minutes - command["wall_s"], 1),
             "curve": [(float(r["wall_s"]) / 60, float(r["top1"])) for r in epochs]}
 
@@ -157,16 +184,20 @@ def plot(result: dict, path: Path, source: Path | None = None) -> None:
 
 def collect(a, out: Path) -> dict:
     """Copy each finished budget's records into OUT/<M>min/ and write budgets.json/.md/.png there."""
-    minutes = sorted(float(p.name[:-3]) for p in out.glob("*min") if (p / "command.json").is_file()) \
-        if a.replot else sorted(a.minutes)
+    minutes = set() if a.replot else set(a.minutes)
+    for p in out.glob("*min"):  # the budgets reported before stay in the table
+        try:
+            minutes.add(float(p.name[:-3])) if (p / "command.json").is_file() else None
+        except ValueError:  # another folder
+            pass
     rows = []
-    for m in minutes:
+    for m in sorted(minutes):
         folder = out / name(m)
-        if not a.replot:
+        if not a.replot and m in a.minutes:
             folder.mkdir(parents=True, exist_ok=True)
-            for f in COPIED:
-                if (RUNS / name(m) / f).is_file():
-                    shutil.copyfile(RUNS / name(m) / f, folder / f)
+            for f in COPIED:  # a file the run lacks is not left over from an earlier one
+                source = RUNS / name(m) / f
+                shutil.copyfile(source, folder / f) if source.is_file() else (folder / f).unlink(missing_ok=True)
         if all((folder / f).is_file() for f in ("summary.json", "command.json", "evaluate.json")):
             rows.append(row(m, folder))
     if not rows:
@@ -189,9 +220,9 @@ def main(argv=None) -> int:
     if not a.replot:
         cli.read_converted(a.data)
         for m in a.minutes:
-            if run_budget(a, m)["rc"] != 0:
-                print(f"bench.budgets: {name(m)}: tools/train.py failed (see {RUNS / (name(m) + '.log')})",
-                      file=sys.stderr)
+            if not finished(run_budget(a, m)):
+                print(f"bench.budgets: {name(m)}: tools/train.py or tools/evaluate.py failed "
+                      f"(see {RUNS / (name(m) + '.log')})", file=sys.stderr)
                 return 1
     print(table(collect(a, a.out)))
     return 0

@@ -168,6 +168,21 @@ def tiny64(folder: str) -> Callable[[dict], str]:
     return render
 
 
+def budget_run(folder: str) -> Callable[[dict, Path], str]:
+    """One run of bench.budgets (`folder` under the results): tiny64()'s table, with the command's
+    wall-clock and tools/evaluate.py's score from the records beside its summary, and how its speed
+    compares with the AMX Xeon of issue 29 (AMX_RUN)."""
+    def render(d: dict, results: Path) -> str:
+        command = json.loads((results / folder / "command.json").read_text())
+        scored = json.loads((results / folder / "evaluate.json").read_text())
+        d = {**d, "command_wall_s": command["wall_s"], "evaluate_best": scored}
+        rate, amx = d["updates"] / command["wall_s"], text.AMX_RUN["updates"] / text.AMX_RUN["wall_s"]
+        matched = text.AMX_MATCH.format(rate=rate, amx=amx, ratio=amx / rate, budget=29.5 * amx / rate,
+                                        minutes=d["config"]["time_budget_min"], **text.AMX_RUN)
+        return matched + "\n\n" + tiny64(folder)(d)
+    return render
+
+
 def loader_cost(row: dict) -> str:
     """An epoch's loader cost as the console says it (loadercost.describe): noise is not a figure."""
     from fastmix.train.loadercost import describe
@@ -253,6 +268,8 @@ SECTIONS = [
             cpu_step("cpu-step-tiny64-avx2"), missing=text.CPU_STEP_MISSING),
     Section("Tiny ImageNet: top-1 against the time budget", "tiny64-budgets/budgets.json", budget_sweep,
             missing=text.BUDGETS_MISSING),
+    Section("Tiny ImageNet at the budget of a 2-core AMX Xeon's 30 minutes", "tiny64-budgets/32.5min/summary.json",
+            budget_run("tiny64-budgets/32.5min"), missing=text.BUDGETS_MISSING, beside=True),
     Section("Tiny ImageNet in 30 minutes on 2 cores with native bf16, planned in updates", "tiny64-cpu2-bf16/summary.json",
             tiny64("tiny64-cpu2-bf16"), missing=text.TINY64_BF16_MISSING),
     Section("Tiny ImageNet in 30 minutes on 2 AVX2 cores (fp32)", "tiny64-cpu2-avx2/summary.json",

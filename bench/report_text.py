@@ -199,3 +199,13 @@ and top-5 are `tools/evaluate.py` on the run's best.pt at the recipe's test size
 top-1 of the run's last epoch. "updates" is what the run trained, the first plan's in brackets
 (timed before training; each size re-plans after its first epoch); "epochs" counts a cut last epoch
 as its share."""
+
+# issue 29's run on classes never shared, on a 2-core Intel Xeon with AVX512-BF16 and AMX: the recipe
+# of that day with --set epochs=16 fitted 15 epochs of 781 updates in 1636 s for the whole command
+AMX_RUN = {"epochs": 15, "updates": 15 * 781, "wall_s": 1636.0}
+
+AMX_MATCH = """Which budget here buys what 30 minutes buy on the 2-core AMX Xeon of issue 29: that machine
+trained {epochs} epochs ({updates:,} updates) of the same model, sizes and batch in {wall_s:.0f} s for the whole
+command, {amx:.2f} updates/s; this run trained {rate:.2f} updates/s over its whole command, so the
+AMX Xeon is {ratio:.2f}x this machine and its 29.5-minute budget matches {budget:.1f} minutes here. This
+run's budget was {minutes:g} minutes."""

@@ -108,8 +108,12 @@ def test_a_budget_of_seconds_is_planned_replanned_and_kept(flat_converted, tmp_p
     # a 32 -> 40 -> 48 px ramp: each size re-planned after its first epoch; sizes never went back
     sizes = [int(row["image_size"]) for row in summary["epochs"]]
     assert sizes == sorted(sizes) == record["sizes"] and sizes[0] == 32
-    assert [r["size"] for r in record["replans"]] == sorted(set(sizes))[:len(record["replans"])]
-    assert len(record["replans"]) >= 2 and "time budget re-planned after epoch 1 (its 32 px" in out
+    by_size = [r for r in record["replans"] if not r.get("trim")]
+    assert [r["size"] for r in by_size] == sorted(set(sizes))[:len(by_size)]
+    assert len(by_size) >= 2 and "time budget re-planned after epoch 1 (its 32 px" in out
+    if len(sizes) >= 3 and sizes[-2] == sizes[-3]:  # the epoch before the last, not a first: it cut the last
+        assert record["replans"][-1]["trim"] and record["replans"][-1]["after_epoch"] == len(sizes) - 1
+        assert "time budget: the last epoch cut to " in out
 
 
 def test_a_first_epoch_cut_to_the_budget_is_not_replanned_into_a_whole_one():
@@ -154,3 +158,30 @@ def test_each_size_replans_from_its_own_first_epoch_and_sizes_never_go_back(monk
     assert again["sizes"] == sorted(again["sizes"])
     assert again["updates"] > first["updates"]  # 56 px was cheaper than timed: more of it fits
     assert budget.size_at(SimpleNamespace(budget=again, cfg=trainer.cfg), len(again["sizes"]) - 1) == 56
+
+
+def test_the_epoch_before_the_last_moves_the_last_cut_by_the_time_lost_or_gained(monkeypatch):
+    """Epochs drift after their size's re-plan (the 45-minute run's 56 px epochs ran up to 12 % slow
+    and it ended 11 s past its budget): after the epoch before the last, the last epoch's cut comes
+    from the clock and that epoch's own rate; the epoch count stays, so the schedule still ends
+    with the run; between one update and a whole epoch."""
+    from types import SimpleNamespace
+    from fastmix.train.recipe import TrainConfig
+    monkeypatch.setattr(budget, "REPLAN_SLACK", 0.0)
+    monkeypatch.setattr(budget, "END_S", 0.0)
+    cfg = TrainConfig(epochs=4, image_size=48, time_budget_min=1.0)
+    record = {"epochs": 4, "last_epoch_updates": 50, "updates_per_epoch": 100, "updates": 350,
+              "sizes": [48] * 4, "update_s": {"48": 0.01}, "ratios": {"48": 1.0}, "most_epochs": 30,
+              "budget_total_s": 60.0, "replans": [{"after_epoch": 1, "size": 48}]}
+
+    def trainer_at(elapsed: float):
+        return SimpleNamespace(cfg=cfg, budget=dict(record), updates_per_epoch=100, started=time.time() - elapsed,
+                               model=None, dist=SimpleNamespace(world_size=1, is_main=True, gather=lambda v: [v]))
+    # epoch 3 of 4 ran at 0.1 s an update (its 106 updates: 10.6 s); 60 - 48 - 0.5 = 11.5 s left
+    late = budget.trim_last(trainer_at(48.0), 2, train_s=10.6, eval_s=0.5)
+    assert late["epochs"] == 4 and late["last_epoch_updates"] == 100  # 115 - 6 fit: capped at a whole epoch
+    assert late["updates"] == 300 + 100 and late["replans"][-1]["trim"] and late["done_epochs"] == 3
+    early = budget.trim_last(trainer_at(54.95), 2, train_s=10.6, eval_s=0.5)  # 4.55 s left: 45 - 6 updates
+    assert early["last_epoch_updates"] == 39 and early["updates"] == 339 and early["epochs"] == 4
+    gone = budget.trim_last(trainer_at(59.9), 2, train_s=10.6, eval_s=0.5)  # no time left: one update
+    assert gone["last_epoch_updates"] == 1

@@ -1,6 +1,7 @@
 """bench.budgets through its CLI: each budget runs tools/train.py timed from outside and
 tools/evaluate.py on its best.pt; the table, JSON and PNG come from those records; a finished
-budget is kept on a rerun; the benchmark's own keys and a stopped run's folder are refused."""
+budget is kept on a rerun and stays in the table; the benchmark's own keys, a run of other
+settings at the same budget and a stopped run's folder are refused."""
 from __future__ import annotations
 
 import json
@@ -43,6 +44,9 @@ def test_budgets_run_score_and_resume(flat_converted, tmp_path):
 
     again = bench(tmp_path, "--data", str(data), "--minutes", "0.15", "--out", str(out))
     assert again.returncode == 0 and "0.15min: already run" in again.stdout
+    assert len(json.loads((out / "budgets.json").read_text())["budgets"]) == 2  # the 0.25 min row stays
+    other = bench(tmp_path, "--data", str(data), "--minutes", "0.15", "--set", "seed=1", "--out", str(out))
+    assert other.returncode == 2 and "a run of other settings" in other.stderr  # not reported as this one
 
     refused = bench(tmp_path, "--data", str(data), "--minutes", "1", "--set", "time_budget_min=3", "--out", str(out))
     assert refused.returncode == 2 and "bench.budgets sets it" in refused.stderr

@@ -223,8 +223,7 @@ def replan(trainer, measured: dict, started: float, epoch: int = 0) -> dict:
 
     def seconds(k: int, e: int) -> float:
         s = max(size, image_size_at(cfg, k, e))
-        ratio = ratios[max((r for r in ratios if r <= s), default=max(ratios))]
-        return update_s[s] * ratio * (1 + REPLAN_SLACK)
+        return update_s[s] * _ratio(ratios, s) * (1 + REPLAN_SLACK)
     most = int(record.get("most_epochs", cfg.epochs))
     epochs, last = updates_within(left, most, per_epoch, seconds, measured["eval_s"], done=done)
     if epochs == done:  # this epoch ends the run: nothing is cut from it afterwards
@@ -244,6 +243,38 @@ def replan(trainer, measured: dict, started: float, epoch: int = 0) -> dict:
     return new
 
 
+def _ratio(ratios: dict[int, float], size: int) -> float:
+    """A size's measured/planned ratio: its own, else the largest run size's below it (else the
+    largest run size's)."""
+    return ratios[max((r for r in ratios if r <= size), default=max(ratios))]
+
+
+def trim_last(trainer, epoch: int, train_s: float, eval_s: float) -> dict:
+    """After epoch `epoch` (from 0), the one before the last: the last epoch's cut from the time left,
+    at the rate this epoch ran where the last one trains at its size (else the last size's timing
+    by its ratio). Epochs drift after the re-plan at their size (the 45-minute run's 56 px epochs
+    ran up to 12 % slower than its first one and ended 11 s past the budget); here the time they
+    lost, or gained, moves the last epoch's end. The epoch count stays, so the schedule still ends
+    where the run does; the cut is at least one update and at most a whole epoch."""
+    cfg, record, per_epoch = trainer.cfg, trainer.budget, trainer.updates_per_epoch
+    done, sizes = epoch + 1, [int(s) for s in record["sizes"]]
+    if sizes[done] == sizes[epoch]:
+        update = train_s / (epoch_updates(record, epoch, cfg.epochs, per_epoch) + LOADER_COST_UPDATES)
+    else:
+        ratios = {int(k): float(v) for k, v in record.get("ratios", {"0": 1.0}).items()}
+        update = float(record["update_s"][str(sizes[done])]) * _ratio(ratios, sizes[done])
+    left = 60 * cfg.time_budget_min - (time.time() - trainer.started) - END_S - eval_s
+    last = max(1, min(per_epoch, int(left / (update * (1 + REPLAN_SLACK))) - LOADER_COST_UPDATES))
+    this = {"after_epoch": done, "trim": True, "update_s": round(update, 4), "left_s": round(left, 1)}
+    new = _agree(trainer, cfg, {**record, **_describe(cfg, trainer, cfg.epochs, last, sizes[:done]),
+                                "done_epochs": done, "replans": [*record.get("replans", []), this]})
+    this["updates"] = new["updates"]
+    if trainer.dist.is_main:
+        print(f"time budget: the last epoch cut to {new['last_epoch_updates']} updates after epoch {done} "
+              f"({left:.0f} s left, {update:.3f} s an update): {bought(new)}", flush=True)
+    return new
+
+
 def used(record: dict | None, updates: int, epochs: int, wall_s: float) -> dict | None:
     """The plan against what the run did: for summary.json."""
     if not record:
@@ -255,17 +286,23 @@ def used(record: dict | None, updates: int, epochs: int, wall_s: float) -> dict 
 
 def after_epoch(trainer, epoch: int, train_s: float, eval_s: float) -> bool:
     """Re-plan at the end of a budgeted run's first epoch at each size: the epochs, the cut of the
-    last one, the sizes still to come and the schedule that spans them. `eval_s`: the epoch's
-    evaluation, log and checkpoint. True where it re-planned (the caller saves the new plan)."""
+    last one, the sizes still to come and the schedule that spans them; at the end of the epoch
+    before the last, only the last one's cut (trim_last). `eval_s`: the epoch's evaluation, log and
+    checkpoint. True where it re-planned (the caller saves the new plan)."""
     record = trainer.budget
     if not record or "update_s" not in record or epoch >= trainer.cfg.epochs - 1:
         return False
+    if trainer.start_epoch > 0:  # a resumed run keeps its plan: its `started` is the resume's, the
+        return False             # seconds spent before it are not known here
+    # (a kill between the epoch's checkpoint and the re-plan's leaves the old plan; kept, as a resume)
     sizes = record.get("sizes") or _sizes(trainer.cfg, trainer.cfg.epochs)
-    if epoch and sizes[epoch] == sizes[epoch - 1]:
+    first_at_size = not (epoch and sizes[epoch] == sizes[epoch - 1])
+    if first_at_size and str(sizes[epoch]) not in record.get("ratios", {}) and not (epoch == 0 and "replan" in record):
+        trainer.budget = replan(trainer, {"train_s": train_s, "eval_s": eval_s}, trainer.started, epoch)
+    elif epoch == trainer.cfg.epochs - 2 and "sizes" in record:
+        trainer.budget = trim_last(trainer, epoch, train_s, eval_s)
+    else:
         return False
-    if str(sizes[epoch]) in record.get("ratios", {}) or (epoch == 0 and "replan" in record):
-        return False  # re-planned already (a resumed run), or a record from one re-plan only
-    trainer.budget = replan(trainer, {"train_s": train_s, "eval_s": eval_s}, trainer.started, epoch)
     trainer.cfg = dataclasses.replace(trainer.cfg, epochs=trainer.budget["epochs"])
     trainer.schedule = build_schedule(trainer.optimizer, trainer.cfg, trainer.updates_per_epoch,
                                       total_updates(trainer.budget, trainer.cfg.epochs, trainer.updates_per_epoch))

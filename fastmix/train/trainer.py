@@ -342,6 +342,7 @@ class Trainer:
         counts from its resume), evaluation and checkpoints included, the loader-cost timing not."""
         start, measuring, epoch = time.perf_counter(), 0.0, self.start_epoch
         while epoch < self.cfg.epochs:  # a time budget re-plans the epochs after the first at each size
+            self.train_loader(budget.size_at(self, epoch))  # a new size's loader is built outside its timing
             t_epoch = time.perf_counter()
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), "lr": self._lr()}
             t0 = time.perf_counter()
