@@ -199,10 +199,13 @@ def budget(d: dict) -> str:
     if "updates" not in b:  # a record from before budgets planned updates: whole epochs
         return f"The {d['config']['time_budget_min']:g}-minute budget fitted {b['epochs']} epochs ({timed})"
     first, steps = b.get("first_plan"), b.get("replans") or ([b["replan"]] if "ratio" in b.get("replan", {}) else [])
+    trims, steps = [r for r in steps if r.get("trim")], [r for r in steps if not r.get("trim")]
     # each re-plan: after the first epoch at a size, that size's measured/timed ratio
     ratios = ", ".join(f"{r['size']} px {r['ratio']:.2f}x" if "size" in r else f"{r['ratio']:.2f}x" for r in steps)
     replanned = (f"; re-planned from {first['updates']:,} updates after the first epoch at each size, which took "
                  f"{ratios} the timed rate" if first and steps else "")
+    replanned += "".join(f"; the last epoch re-cut after epoch {r['after_epoch']} with {r['left_s']:.0f} s left"
+                         for r in trims)
     return f"The {d['config']['time_budget_min']:g}-minute budget bought {bought(b)} ({timed}{replanned})"
 
 

@@ -68,7 +68,9 @@ def test_the_budget_picks_the_epochs_through_the_cli(flat_converted, tmp_path, c
     assert set(small["time_budget"]["update_s"]) == {"32"} and small["time_budget"]["eval_s"] > 0
 
     assert run(data, tmp_path / "big", "--epochs", "2", "--set", "time_budget_min=60") == 0
-    assert "time budget 60 min: 2 epochs = " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time budget 60 min: 2 epochs = " in out
+    assert "time budget: the recipe's 2 epochs take about 0 min of 60; the rest is not used" in out  # said
     big = yaml.safe_load((tmp_path / "big" / "config.yaml").read_text())
     assert big["config"]["epochs"] == 2
     # the resume does not measure again, and is not refused for "epochs 1 -> 6"
