@@ -44,7 +44,7 @@ def module_watch(model: torch.nn.Module) -> tuple[dict, list]:
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 o = out.detach()
                 seen[name] = {"dtype": str(o.dtype).removeprefix("torch."), "finite": bool(torch.isfinite(o).all()),
-                              "max_abs": float(o.float().abs().nan_to_num(posinf=math.inf).max())}
+                              "max_abs": float(o.float().abs().nan_to_num(nan=math.inf, posinf=math.inf).max())}
         handles.append(mod.register_forward_hook(hook))
     return seen, handles
 
@@ -60,7 +60,8 @@ def probe(model_name: str, size: int, batch: int, precision: str, channels_last:
     seen, handles = module_watch(model) if not compiled else ({}, [])
     net = speed.compile_model(model, True) if compiled else model
     augment = BatchAugment(cfg, classes, device)
-    x = torch.randn(batch, 3, size, size, device=device)
+    # what the loaders hand over (fp16 under fp16; the first H200 run's probe fed fp32)
+    x = torch.randn(batch, 3, size, size, device=device).to(getattr(torch, speed.LOADER_DTYPE[precision]))
     y = torch.randint(0, classes, (batch,), device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -79,7 +80,7 @@ def probe(model_name: str, size: int, batch: int, precision: str, channels_last:
     norms = {n: float(p.grad.float().norm()) for n, p in model.named_parameters() if p.grad is not None}
     finite_norms = [v for v in norms.values() if math.isfinite(v)]
     hot = {n: s for n, s in seen.items() if not s["finite"] or s["max_abs"] > FP16_MAX / 16}
-    return {"loss": float(loss.detach()), "logits_dtype": str(logits.dtype), "logits_max_abs": float(logits.detach().abs().max()),
+    return {"input_dtype": str(x.dtype).removeprefix("torch."), "loss": float(loss.detach()), "logits_dtype": str(logits.dtype), "logits_max_abs": float(logits.detach().abs().max()),
             "params": len(norms), "nonfinite_params": len(bad), "first_nonfinite": bad[:8], "last_nonfinite": bad[-8:],
             "grad_norm_finite_part": math.sqrt(sum(v * v for v in finite_norms)),
             "largest_module_outputs": dict(sorted(seen.items(), key=lambda kv: -kv[1]["max_abs"])[:8]),
@@ -100,7 +101,8 @@ def scaler_loop(model_name: str, size: int, batch: int, device: torch.device, cl
     rows = []
     for _ in range(steps):
         for _ in range(accum):  # the trainer's accumulation: each micro-batch's loss / accum
-            x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, size, size, device=device).to(getattr(torch, speed.LOADER_DTYPE[precision]))
+            x = x.contiguous(memory_format=torch.channels_last)
             x, target = augment(x, torch.randint(0, classes, (batch,), device=device))
             with speed.autocast(precision, device):
                 logits = net(x)

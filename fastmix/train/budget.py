@@ -267,11 +267,12 @@ def trim_last(trainer, epoch: int, train_s: float, eval_s: float) -> dict:
     where the run does; the cut is at least one update and at most a whole epoch."""
     cfg, record, per_epoch = trainer.cfg, trainer.budget, trainer.updates_per_epoch
     done, sizes = epoch + 1, [int(s) for s in record["sizes"]]
-    if sizes[done] == sizes[epoch]:
-        update = train_s / (epoch_updates(record, epoch, cfg.epochs, per_epoch) + LOADER_COST_UPDATES)
-    else:
+    update = train_s / (epoch_updates(record, epoch, cfg.epochs, per_epoch) + LOADER_COST_UPDATES)
+    if sizes[done] != sizes[epoch]:  # a new size: its timing by its ratio, times this size's drift since
         ratios = {int(k): float(v) for k, v in record.get("ratios", {"0": 1.0}).items()}
-        update = float(record["update_s"][str(sizes[done])]) * _ratio(ratios, sizes[done])
+        timed = {int(k): float(v) for k, v in record["update_s"].items()}
+        drift = update / (timed[sizes[epoch]] * _ratio(ratios, sizes[epoch]))
+        update = timed[sizes[done]] * _ratio(ratios, sizes[done]) * drift
     left = 60 * cfg.time_budget_min - (time.time() - trainer.started) - END_S - eval_s
     last = max(1, min(per_epoch, int(left / (update * (1 + REPLAN_SLACK))) - LOADER_COST_UPDATES))
     this = {"after_epoch": done, "trim": True, "update_s": round(update, 4), "left_s": round(left, 1)}
